@@ -93,8 +93,19 @@ def const_hash(arr: np.ndarray) -> str:
 class Value:
     """One SSA value: a graph input, a constant, or one output of one node."""
 
-    __slots__ = ("name", "type", "producer", "index", "uses", "_const", "_digest",
-                 "encoding", "meta", "graph", "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "_const",
+        "_digest",
+        "encoding",
+        "graph",
+        "index",
+        "meta",
+        "name",
+        "producer",
+        "type",
+        "uses",
+    )
 
     def __init__(
         self,
@@ -204,8 +215,21 @@ class Value:
 class Node:
     """One operation. ``inputs`` may hold ``None`` for omitted optional inputs."""
 
-    __slots__ = ("op", "domain", "_inputs", "outputs", "attrs", "placement", "meta", "name",
-                 "graph", "_prev", "_next", "_erased", "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "_erased",
+        "_inputs",
+        "_next",
+        "_prev",
+        "attrs",
+        "domain",
+        "graph",
+        "meta",
+        "name",
+        "op",
+        "outputs",
+        "placement",
+    )
 
     def __init__(
         self,
@@ -310,7 +334,7 @@ class NodeList:
     iterator's position are visited.
     """
 
-    __slots__ = ("_head", "_tail", "_len")
+    __slots__ = ("_head", "_len", "_tail")
 
     def __init__(self) -> None:
         self._head: Node | None = None
@@ -418,14 +442,16 @@ class Graph:
                 return cand
 
     def _claim(self, v: Value) -> None:
-        if v.name in self._names and not (v.graph is self):
+        if v.name in self._names and v.graph is not self:
             v.name = self.fresh_name(v.name)
         else:
             self._names.add(v.name)
         v.graph = self
 
     # -- building ----------------------------------------------------------------------------
-    def add_input(self, name: str, type: TensorType, encoding: QuantEncoding | None = None) -> Value:
+    def add_input(
+        self, name: str, type: TensorType, encoding: QuantEncoding | None = None
+    ) -> Value:
         """Append a graph input."""
         v = Value(name, type, encoding=encoding)
         self._claim(v)

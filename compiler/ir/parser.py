@@ -27,7 +27,8 @@ _TOKEN = re.compile(
   | (?P<str>"(?:[^"\\]|\\.)*")
   | (?P<sha>\#sha:[0-9a-f]+)
   | (?P<arrow>->)
-  | (?P<num>[-+]?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\.\d+(?:[eE][-+]?\d+)?|\d+)(?![A-Za-z_]))
+  | (?P<num>[-+]?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+
+        |\.\d+(?:[eE][-+]?\d+)?|\d+)(?![A-Za-z_]))
   | (?P<word>[-+]?[A-Za-z_][A-Za-z0-9_.\-/]*)
   | (?P<punct>[%()\[\]{}<>=,:!@_?*])
     """,
@@ -126,7 +127,7 @@ class _Parser:
         return name
 
     def dtype(self) -> DType:
-        kind, val = self.t.next()
+        _, val = self.t.next()
         try:
             return DType.parse(val)
         except ValueError:
@@ -180,7 +181,7 @@ class _Parser:
         return items
 
     def enc_array(self, dt: DType) -> np.ndarray:
-        shape = None
+        shape: list[Any] | None = None
         if self.t.accept("<"):
             shape = []
             while not self.t.accept(">"):
@@ -276,9 +277,9 @@ class _Parser:
             self.t.expect("<")
             tt = self.type()
             self.t.expect(">")
-            items = self.number_list(tt.dtype)
+            numbers = self.number_list(tt.dtype)
             shape = tuple(d for d in (tt.shape or ()) if isinstance(d, int))
-            return np.array(items, dtype=tt.dtype.numpy).reshape(shape)
+            return np.array(numbers, dtype=tt.dtype.numpy).reshape(shape)
         if val == "[":
             self.t.next()
             items: list[Any] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -95,7 +95,7 @@ def _bf16() -> object:
     return ml_dtypes.bfloat16
 
 
-_NUMPY: dict[DType, object] = {
+_NUMPY: dict[DType, Any] = {
     DType.F32: np.float32, DType.F16: np.float16, DType.F64: np.float64, DType.I4: np.int8,
     DType.U4: np.uint8, DType.I8: np.int8, DType.U8: np.uint8, DType.I16: np.int16,
     DType.U16: np.uint16, DType.I32: np.int32, DType.U32: np.uint32, DType.I64: np.int64,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -93,8 +94,16 @@ def topological_order(graph: Graph) -> list[Node]:
             if indeg[s] == 0:
                 heapq.heappush(ready, s)
     if len(out) != len(nodes):
-        stuck = next(nodes[i] for i in range(len(nodes)) if indeg[i] > 0)
-        raise VerifyError(f"cycle through node {stuck.label()}")
+        # A stuck node may merely sit downstream of a cycle; every stuck node has a stuck
+        # predecessor, so walking predecessors must revisit a node, and that one is on it.
+        stuck = next(i for i in range(len(nodes)) if indeg[i] > 0)
+        seen: set[int] = set()
+        while stuck not in seen:
+            seen.add(stuck)
+            stuck = next(index[id(v.producer)] for v in nodes[stuck].inputs
+                         if v is not None and v.producer is not None
+                         and id(v.producer) in index and indeg[index[id(v.producer)]] > 0)
+        raise VerifyError(f"cycle through node {nodes[stuck].label()}")
     return out
 
 
@@ -119,7 +128,7 @@ _BROADCAST_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Equal", "Les
                   "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Where", "PRelu", "Mod"}
 
 # attribute python types against onnx AttrType names
-_ATTR_KINDS = {
+_ATTR_KINDS: dict[str, tuple[type, ...]] = {
     "INT": (int,), "FLOAT": (float, int), "STRING": (str,), "INTS": (list,),
     "FLOATS": (list,), "STRINGS": (list,), "TENSOR": (np.ndarray,),
 }
@@ -139,16 +148,16 @@ def verify(graph: Graph) -> None:
             raise _fail(node, f"value %{v.name} is defined twice")
         defined[v.name] = v
 
-    for v in graph.inputs:
-        if v.producer is not None:
-            raise _fail(None, f"graph input %{v.name} has a producer")
-        define(v, None)
-    for name, v in graph.constants.items():
-        if name != v.name:
-            raise _fail(None, f"constant registered as {name!r} is named %{v.name}")
-        if not v.is_const:
-            raise _fail(None, f"%{v.name} is registered as a constant but has no data")
-        define(v, None)
+    for gi in graph.inputs:
+        if gi.producer is not None:
+            raise _fail(None, f"graph input %{gi.name} has a producer")
+        define(gi, None)
+    for name, c in graph.constants.items():
+        if name != c.name:
+            raise _fail(None, f"constant registered as {name!r} is named %{c.name}")
+        if not c.is_const:
+            raise _fail(None, f"%{c.name} is registered as a constant but has no data")
+        define(c, None)
 
     all_nodes = list(graph.nodes)
     node_set = {id(n) for n in all_nodes}
@@ -220,12 +229,13 @@ def _check_node(graph: Graph, n: Node) -> None:
     version = graph.opset.get(n.domain)
     if version is None:
         raise _fail(n, f"domain {n.domain!r} is not imported by the graph")
-    sch = op_schema(n.op, n.domain, version)
-    if sch is None:
+    onnx_sch: Any = op_schema(n.op, n.domain, version)
+    if onnx_sch is None:
         raise _fail(n, f"unknown op {n.qualified_op} at opset {version}")
-    _check_arity(n, sch.min_input, sch.max_input, sch.min_output, sch.max_output)  # type: ignore[attr-defined]
-    _check_attrs(n, sch)
-    _check_types(n, sch)
+    _check_arity(n, onnx_sch.min_input, onnx_sch.max_input, onnx_sch.min_output,
+                 onnx_sch.max_output)
+    _check_attrs(n, onnx_sch)
+    _check_types(n, onnx_sch)
     _check_shapes(n)
 
 
@@ -251,7 +261,9 @@ def _check_attrs(n: Node, sch: object) -> None:
         if kinds is not None and (not isinstance(val, kinds) or isinstance(val, bool)):
             raise _fail(n, f"attribute {k!r} must be {a.type.name.lower()}, got {val!r}")
         if a.type.name in ("INTS", "FLOATS", "STRINGS"):
-            elem = {"INTS": int, "FLOATS": (float, int), "STRINGS": str}[a.type.name]
+            elem: Any = {
+                "INTS": int, "FLOATS": (float, int), "STRINGS": str
+            }[a.type.name]
             if not all(isinstance(x, elem) and not isinstance(x, bool) for x in val):
                 raise _fail(n, f"attribute {k!r} must be {a.type.name.lower()}, got {val!r}")
     for k, a in attrs.items():
