@@ -34,7 +34,6 @@ import os
 import re
 import shlex
 import sys
-import tempfile
 import time
 import types
 import typing
@@ -43,8 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Literal
 
-from compiler.errors import PassError, PipelineError
-from compiler.ir import Graph, parse, print_graph
+from compiler.errors import NumericsError, PassError, PipelineError
+from compiler.fileio import atomic_write_text
+from compiler.ir import Graph, check_finite, parse, print_graph
 
 if TYPE_CHECKING:
     from compiler.rewrite import RewriteRecord
@@ -102,6 +102,9 @@ class Pass:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    #: Passes that compute with weight values (folding, calibration, quantization) set this:
+    #: the PassManager then refuses NaN weights before the pass runs, naming them.
+    needs_finite_weights: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for opt in self.options():
@@ -498,6 +501,8 @@ class PassContext:
     history: list[PassRecord] = field(default_factory=list)
     rewrites: int = 0
     bisect_skipped: int = 0
+    #: set once the weights were found finite (see ``Pass.needs_finite_weights``)
+    weights_checked: bool = False
     #: (passes, index) of every pipeline level being run, outermost first
     stack: list[tuple[Sequence[Pass], int]] = field(default_factory=list)
     path: list[str] = field(default_factory=list)
@@ -682,18 +687,7 @@ def _safe_name(text: str) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_text(path, text)
 
 
 class DumpInstrument(Instrument):
@@ -860,6 +854,12 @@ class PassManager:
         return PassResult(modified, {"rounds": rounds})
 
     def _run_one(self, p: Pass, graph: Graph, ctx: PassContext) -> PassResult:
+        if p.needs_finite_weights and not ctx.weights_checked:
+            try:
+                check_finite(graph, allow_inf=True)
+            except NumericsError as e:
+                raise NumericsError(f"pass {p.name!r} computes with weight values: {e}") from None
+            ctx.weights_checked = True
         ctx.path.append(p.name)
         path = ctx.pass_path
         try:

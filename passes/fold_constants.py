@@ -84,6 +84,7 @@ class FoldConstants(Pass):
 
     name: ClassVar[str] = "fold-constants"
     summary: ClassVar[str] = "Evaluate nodes whose inputs are all constants (on the reference)"
+    needs_finite_weights: ClassVar[bool] = True
     max_bytes: int = option(1 << 24, "refuse folded results larger than this (unless they are "
                             "no larger than their constant inputs)")
 

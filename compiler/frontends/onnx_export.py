@@ -42,6 +42,7 @@ import onnx.version_converter
 from onnx import ModelProto, NodeProto, TensorProto, ValueInfoProto, helper, numpy_helper
 
 from compiler.errors import EmitError
+from compiler.fileio import default_mode
 from compiler.frontends.onnx_import import DTYPE_TO_ONNX
 from compiler.ir import EDGEC_DOMAIN, DType, Graph, Node, QuantEncoding, TensorType, Value
 from compiler.ir.core import UnresolvedConst
@@ -533,6 +534,7 @@ class _TempFile:
 
     def commit(self) -> None:
         self.close()
+        os.chmod(self.tmp, default_mode())
         # os.replace swaps the directory entry: a symlink at the target is replaced, never
         # followed, so nothing outside the folder is written.
         os.replace(self.tmp, self.target)

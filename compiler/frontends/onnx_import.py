@@ -67,7 +67,6 @@ from onnx import AttributeProto, ModelProto, NodeProto, TensorProto, TypeProto
 from compiler.errors import (
     ExternalDataError,
     ModelLoadError,
-    NumericsError,
     UnsupportedOpError,
 )
 from compiler.ir import (
@@ -80,7 +79,7 @@ from compiler.ir import (
     TensorType,
     Value,
 )
-from compiler.ir.verify import edgec_op, op_schema
+from compiler.ir.verify import check_finite, edgec_op, op_schema
 
 __all__ = [
     "load_onnx",
@@ -934,35 +933,3 @@ def _fold_weight(graph: Graph, dq: Node) -> int:
     graph.constants[name] = c
     _drop_if_unused(graph, params)
     return 1
-
-
-# ---------------------------------------------------------------------------------------------
-# numerics
-
-
-def check_finite(graph: Graph, *, chunk: int = 1 << 22) -> None:
-    """Raise ``NumericsError`` naming the first constant (or tensor attribute) with NaN/Inf.
-
-    Large constants are scanned in chunks so that memory-mapped weights are not copied whole.
-    """
-
-    def scan(arr: np.ndarray, what: str) -> None:
-        flat = np.asarray(arr).reshape(-1)
-        for start in range(0, flat.size, chunk):
-            part = flat[start:start + chunk].astype(np.float32, copy=False)
-            ok = np.isfinite(part)
-            if not ok.all():
-                bad = int(np.argmin(ok))
-                count = int(part.size - ok.sum())
-                raise NumericsError(
-                    f"{what} has non-finite values ({count} in elements {start}.."
-                    f"{start + part.size - 1}; first at flat index {start + bad}: "
-                    f"{float(part[bad])})")
-
-    for v in graph.constants.values():
-        if v.dtype.is_float:
-            scan(v.const, f"constant %{v.name}")  # type: ignore[arg-type]
-    for n in graph.nodes:
-        for k, a in n.attrs.items():
-            if isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.floating):
-                scan(a, f"attribute '{k}' of {n.label()}")

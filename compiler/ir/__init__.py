@@ -1,5 +1,6 @@
 """The edgec IR: values, nodes, graphs, types, quantization encodings, verifier, text form."""
 
+from compiler.ir.archive import load_ir, save_ir
 from compiler.ir.core import (
     EDGEC_DOMAIN,
     ExternalArray,
@@ -14,7 +15,13 @@ from compiler.ir.encoding import QuantEncoding
 from compiler.ir.parser import parse
 from compiler.ir.printer import print_graph
 from compiler.ir.types import DType, Shape, TensorType
-from compiler.ir.verify import EdgecOpSchema, register_edgec_op, topological_order, verify
+from compiler.ir.verify import (
+    EdgecOpSchema,
+    check_finite,
+    register_edgec_op,
+    topological_order,
+    verify,
+)
 
 __all__ = [
     "EDGEC_DOMAIN",
@@ -29,10 +36,13 @@ __all__ = [
     "TensorType",
     "UnresolvedConst",
     "Value",
+    "check_finite",
     "const_hash",
+    "load_ir",
     "parse",
     "print_graph",
     "register_edgec_op",
+    "save_ir",
     "topological_order",
     "verify",
 ]

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from compiler.errors import VerifyError
+from compiler.errors import NumericsError, VerifyError
 from compiler.ir.core import EDGEC_DOMAIN, Graph, Node, Value
 from compiler.ir.types import Dim, DType, Shape
 
 __all__ = ["verify", "topological_order", "register_edgec_op", "EdgecOpSchema", "op_schema",
-           "broadcast_shapes"]
+           "broadcast_shapes", "check_finite"]
 
 
 @dataclass(frozen=True)
@@ -323,3 +323,32 @@ def _check_shapes(n: Node) -> None:
             g = n.attrs.get("group", 1)
             if isinstance(c, int) and isinstance(wc, int) and c != wc * g:
                 raise _fail(n, f"input has {c} channels but weight expects {wc} x group {g}")
+
+
+def check_finite(graph: Graph, *, chunk: int = 1 << 22, allow_inf: bool = False) -> None:
+    """Raise ``NumericsError`` naming the first constant (or tensor attribute) with NaN/Inf
+    (NaN only with ``allow_inf``: an infinite mask constant is legitimate, a NaN never is).
+
+    Large constants are scanned in chunks so that memory-mapped weights are not copied whole.
+    """
+
+    def scan(arr: np.ndarray, what: str) -> None:
+        flat = np.asarray(arr).reshape(-1)
+        for start in range(0, flat.size, chunk):
+            part = flat[start:start + chunk].astype(np.float32, copy=False)
+            ok = ~np.isnan(part) if allow_inf else np.isfinite(part)
+            if not ok.all():
+                bad = int(np.argmin(ok))
+                count = int(part.size - ok.sum())
+                raise NumericsError(
+                    f"{what} has non-finite values ({count} in elements {start}.."
+                    f"{start + part.size - 1}; first at flat index {start + bad}: "
+                    f"{float(part[bad])})")
+
+    for v in graph.constants.values():
+        if v.dtype.is_float:
+            scan(v.const, f"constant %{v.name}")  # type: ignore[arg-type]
+    for n in graph.nodes:
+        for k, a in n.attrs.items():
+            if isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.floating):
+                scan(a, f"attribute '{k}' of {n.label()}")

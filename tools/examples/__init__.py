@@ -1,0 +1,1 @@
+"""Example models bundled with edgec (used by ``edgec demo`` and the README)."""
