@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/edgec demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check compiler passes targets tools tests benchmarks
+	$(BIN)/ruff check compiler passes targets tools tests $(wildcard benchmarks)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
