@@ -4,8 +4,9 @@
 LayerNorm/Gelu) -> ``get_qnn_qdq_config(per_channel=True)`` with MinMax or Percentile
 calibration, with and without the overrides that decide transformer models (the softmax input's
 calibrated minimum clipped above the -1e4-style mask values; LayerNorm inputs, i.e. the residual
-stream, at 16 bits under 8-bit activations) -> QNN EP context. Every variant is built and the
-best one on the held-out inputs is reported: the baseline gets every benefit of the doubt.
+stream, at 16 bits under 8-bit activations; each alone and both) -> QNN EP context. Every
+variant is built and the best one on the held-out inputs is reported: the baseline gets every
+benefit of the doubt.
 
 ``default``: ``get_qnn_qdq_config`` with its defaults (MinMax, per-tensor weights), no
 preprocessing, for reference.
@@ -78,7 +79,11 @@ def _softmax_input_clips(model_path: Path, feeds: Sequence[dict[str, np.ndarray]
     for n in names:
         if n not in have:
             m.graph.output.append(onnx.ValueInfoProto(name=n))
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    # Exposing intermediates trips ORT's constant folding on preprocessed models
+    # ("Attempt to replace the existing tensor"); the values are the same without it.
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
     lo = {n: np.inf for n in names}
     hi = {n: -np.inf for n in names}
     for f in feeds:
@@ -90,14 +95,15 @@ def _softmax_input_clips(model_path: Path, feeds: Sequence[dict[str, np.ndarray]
     return {n: (lo[n], hi[n]) for n in names if np.isfinite(lo[n])}
 
 
-def _overrides(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], a16: bool
-               ) -> dict[str, list[dict[str, Any]]]:
+def _overrides(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], a16: bool,
+               kinds: str) -> dict[str, list[dict[str, Any]]]:
     from onnxruntime.quantization import QuantType
 
     out: dict[str, list[dict[str, Any]]] = {}
-    for name, (lo, hi) in _softmax_input_clips(model_path, feeds).items():
-        out[name] = [{"rmin": np.array(lo, np.float32), "rmax": np.array(hi, np.float32)}]
-    if not a16:
+    if "softmax" in kinds:
+        for name, (lo, hi) in _softmax_input_clips(model_path, feeds).items():
+            out[name] = [{"rmin": np.array(lo, np.float32), "rmax": np.array(hi, np.float32)}]
+    if not a16 and "ln16" in kinds:
         m = onnx.load(str(model_path), load_external_data=False)
         for n in m.graph.node:
             if n.op_type == "LayerNormalization":
@@ -106,7 +112,7 @@ def _overrides(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], a16: bo
 
 
 def _build(src: Path, work: Path, tag: str, calib: Sequence[dict[str, np.ndarray]], *,
-           a16: bool, per_channel: bool, method: str, preprocess: bool, overrides: bool,
+           a16: bool, per_channel: bool, method: str, preprocess: bool, overrides: str,
            arch: str) -> tuple[Path, Path, float]:
     from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import (
@@ -122,7 +128,7 @@ def _build(src: Path, work: Path, tag: str, calib: Sequence[dict[str, np.ndarray
         pre = work / f"{tag}.pre.onnx"
         if qnn_preprocess_model(str(src), str(pre), fuse_layernorm=True):
             model_in = pre
-    init = _overrides(model_in, calib, a16) if overrides else None
+    init = _overrides(model_in, calib, a16, overrides) if overrides else None
     kwargs: dict[str, Any] = {}
     if per_channel:
         kwargs.update(per_channel=True, weight_type=QuantType.QInt8, weight_symmetric=True)
@@ -156,14 +162,15 @@ def run_ort_recipe(onnx_path: Path, work: Path, calib: Sequence[dict[str, np.nda
 
     a16 = scheme == "w8a16"
     if strong:
+        kinds = ["", "softmax"] + ([] if a16 else ["ln16", "softmax+ln16"])
         variants = [dict(method=m, overrides=o, per_channel=True, preprocess=True)
-                    for m in ("MinMax", "Percentile") for o in (False, True)]
+                    for m in ("MinMax", "Percentile") for o in kinds]
     else:
-        variants = [dict(method="MinMax", overrides=False, per_channel=False, preprocess=False)]
+        variants = [dict(method="MinMax", overrides="", per_channel=False, preprocess=False)]
     tried: list[BaselineResult] = []
     for i, v in enumerate(variants):
         tag = f"{'strong' if strong else 'default'}{i}"
-        label = (f"{v['method']}{'+overrides' if v['overrides'] else ''}"
+        label = (f"{v['method']}{'+' + str(v['overrides']) if v['overrides'] else ''}"
                  f"{'+per-channel' if v['per_channel'] else ''}")
         try:
             qdq, ctx_path, secs = _build(onnx_path, work, tag, calib, a16=a16, arch=arch,
