@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--json", action="store_true", help="machine-readable output")
     o.set_defaults(func=_cmd_opt)
 
+    from tools.debug_cmds import add_debug_parsers
+
+    add_debug_parsers(sub)
+
     d = sub.add_parser("demo", help="compile the bundled example and print the report")
     d.add_argument("-o", "--output", default="demo_out", help="output folder")
     d.add_argument("--json", action="store_true")

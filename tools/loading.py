@@ -15,7 +15,7 @@ from typing import Any
 from compiler.errors import ModelLoadError
 from compiler.ir import Graph
 
-__all__ = ["load_model", "load_factory"]
+__all__ = ["load_model", "load_factory", "load_inputs"]
 
 
 def load_factory(spec: str) -> tuple[Any, tuple[Any, ...]]:
@@ -61,3 +61,50 @@ def load_model(spec: str | Path, *, frontend: str = "auto") -> Graph:
     from compiler.frontends import load_onnx
 
     return load_onnx(text)
+
+
+def load_inputs(path: str | Path, graph: Graph) -> list[dict[str, Any]]:
+    """Read input samples for ``graph`` from an ``.npz`` file.
+
+    Layout: one array per graph input, keyed by the input's name. An array with one more axis
+    than the input holds several samples along that leading axis (``x: [N, 1, 3, 224, 224]``
+    for an input ``x: f32[1,3,224,224]`` is N samples); an array of the input's own rank is one
+    sample. Every input needs the same number of samples. Returns one feed dict per sample.
+    """
+    import numpy as np
+
+    from compiler.errors import QuantizationError
+
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{p}: cannot read inputs: {e}") from e
+    names = [v.name for v in graph.inputs]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise QuantizationError(f"{p}: no array for graph input {missing[0]!r} "
+                                f"(the file has {sorted(arrays)}; the model's inputs are "
+                                f"{names})")
+    extra = sorted(set(arrays) - set(names))
+    if extra:
+        raise QuantizationError(f"{p}: array {extra[0]!r} names no graph input "
+                                f"(the model's inputs are {names})")
+    samples: list[list[Any]] = []
+    for v in graph.inputs:
+        arr = arrays[v.name]
+        rank = v.type.rank
+        if rank is not None and arr.ndim == rank:
+            arr = arr[None]
+        elif rank is not None and arr.ndim != rank + 1:
+            raise QuantizationError(f"{p}: array {v.name!r} has shape {list(arr.shape)}; input "
+                                    f"{v.name!r} is {v.type} (give it that shape, or one more "
+                                    "leading axis of samples)")
+        samples.append(list(arr))
+    counts = {len(s) for s in samples}
+    if len(counts) != 1:
+        raise QuantizationError(f"{p}: inputs have different sample counts {sorted(counts)}")
+    if counts == {0}:
+        raise QuantizationError(f"{p}: holds no samples")
+    return [{n: s[i] for n, s in zip(names, samples)} for i in range(counts.pop())]
