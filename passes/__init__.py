@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["register", "unregister", "get_pass", "list_passes", "pass_names"]
 
 _TABLE: dict[str, str | type[Pass]] = {
+    "calibrate": "passes.quant.calibrate:Calibrate",
     "canonicalize": "passes.canonicalize:Canonicalize",
     "eliminate-common-subexpressions":
         "passes.eliminate_common_subexpressions:EliminateCommonSubexpressions",
@@ -24,6 +25,7 @@ _TABLE: dict[str, str | type[Pass]] = {
     "fold-constants": "passes.fold_constants:FoldConstants",
     "fuse": "passes.fuse:Fuse",
     "infer-shapes": "passes.infer_shapes:InferShapes",
+    "quantize": "passes.quant.quantize:Quantize",
     "remove-noops": "passes.remove_noops:RemoveNoops",
     "simplify-algebra": "passes.simplify_algebra:SimplifyAlgebra",
     "sort-topologically": "passes.sort_topologically:SortTopologically",

@@ -35,6 +35,8 @@ class Fuse(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         """Apply the rules."""
+        import passes.fusions  # noqa: F401  (registers the rule sets)
+
         rules = RuleSet(f"fusion<={self.level}",
                         [r for lvl in sorted(FUSIONS) if lvl <= self.level for r in FUSIONS[lvl]])
         if not len(rules):

@@ -1,0 +1,37 @@
+"""Targets: ``htp-v68`` ... ``htp-v81`` (Hexagon NPU, through QNN) and ``cpu`` (the reference).
+
+:func:`get_target` turns a name (or a SoC name users know, such as ``snapdragon-8-gen-3``) into
+a target object; anything else is refused with a ``TargetError`` that lists the valid names
+(the QNN EP itself would silently build for its default arch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compiler.errors import TargetError
+
+__all__ = ["get_target", "target_names"]
+
+
+def target_names() -> list[str]:
+    """Every valid target name."""
+    from targets.hexagon_htp.target import DEVICES, SOC_ARCH
+
+    return ["cpu", *(f"htp-v{a}" for a in DEVICES), *sorted(SOC_ARCH)]
+
+
+def get_target(name: str) -> Any:
+    """The target called ``name``."""
+    from targets.hexagon_htp.target import DEVICES, SOC_ARCH, HtpTarget
+
+    key = str(name).strip().lower()
+    if key == "cpu":
+        from targets.cpu import CpuTarget
+
+        return CpuTarget()
+    if key in SOC_ARCH:
+        return HtpTarget(SOC_ARCH[key])
+    if key.startswith("htp-v") and key[5:] in DEVICES:
+        return HtpTarget(key[5:])
+    raise TargetError(f"unknown target {name!r}; valid targets: {', '.join(target_names())}")

@@ -8,8 +8,10 @@ supported), quantization rules, a cost model, a default pipeline, and ``emit``. 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from passes.quant.rules import QuantRules
 
 if TYPE_CHECKING:
     from compiler.ir import Node
@@ -44,32 +46,6 @@ class Support:
 
 
 SUPPORTED = Support(True)
-
-
-@dataclass(frozen=True)
-class QuantRules:
-    """How a target wants tensors quantized (the quantizer reads these, it has no defaults).
-
-    - weights: signed, symmetric, per-channel along the output-channel axis;
-    - activations: unsigned, asymmetric;
-    - bias: int32 with ``scale = input_scale * weight_scale`` and zero point 0;
-    - ``shared_encoding_ops``: ops whose output must carry their (first) input's encoding
-      (data movement and max-like ops the HTP runs without requantizing);
-    - ``fixed_ranges``: ops whose output range is known exactly;
-    - allowed widths per role.
-    """
-
-    weight_bits: tuple[int, ...] = (4, 8, 16)
-    activation_bits: tuple[int, ...] = (8, 16)
-    weight_symmetric: bool = True
-    weight_signed: bool = True
-    weight_per_channel: bool = True
-    activation_signed: bool = False
-    bias_bits: int = 32
-    shared_encoding_ops: frozenset[str] = frozenset()
-    fixed_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
-    # Ops whose weights may use per-block encodings (block size along the input axis).
-    block_quant_ops: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,7 @@ def test_parsed_option_values_are_typed() -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("canonicalise", "column 1: unknown pass 'canonicalise' (did you mean 'canonicalize'?); "
-                     "valid passes: canonicalize, eliminate-common-subexpressions"),
+                     "valid passes: calibrate, canonicalize, eliminate-common-subexpressions"),
     ("canonicalize,frobnicate", "column 14: unknown pass 'frobnicate'; valid passes: "),
     ("fuse{lvl=2}", "column 6: pass 'fuse' has no option 'lvl'; options: level ({0|1|2}, "
                     "default 1)"),

@@ -101,12 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--json", action="store_true", help="machine-readable output")
     o.set_defaults(func=_cmd_opt)
 
+    from tools.compile_cmd import add_compile_parser
     from tools.debug_cmds import add_debug_parsers
 
+    add_compile_parser(sub)
     add_debug_parsers(sub)
 
     d = sub.add_parser("demo", help="compile the bundled example and print the report")
     d.add_argument("-o", "--output", default="demo_out", help="output folder")
+    d.add_argument("--target", default="htp-v75")
+    d.add_argument("--precision", default="w8a16",
+                   choices=["w8a8", "w8a16", "w4a16", "fp16", "fp32"])
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=_cmd_demo)
     return p

@@ -266,11 +266,15 @@ def test_pass_failure_writes_a_reproducer_that_replays(
         passes.unregister("test-explode")
 
 
-def test_demo_runs_and_writes_only_its_folder(tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.htp
+def test_demo_compiles_runs_on_the_simulator_and_writes_only_its_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
     code, stdout, err = _cli(capsys, "demo", "-o", str(out), "--json")
     assert code == 0, err
     info = json.loads(stdout)
-    assert info["nodes_after_passes"] > 0
+    assert info["partitions"] == 1 and info["cpu_nodes"] == 0
+    assert info["heldout"]["top1_agreement"] == 1.0
+    assert info["heldout"]["sqnr_db"] > 40
     assert set(tmp_path.iterdir()) == {out}
+    assert {p.name for p in out.iterdir()} >= {"model.onnx", "model.ir", "report.json"}

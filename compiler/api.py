@@ -1,0 +1,250 @@
+"""``compiler.compile()``: a model in, a QNN HTP (or CPU) artifact out, with a report.
+
+    cm = compiler.compile(module, (x,), target="htp-v75", precision="w8a16",
+                          calibration_data=[(x1,), (x2,)], output_dir="out")
+    cm.run(x)           # runs the artifact: HTP parts on the simulator, the rest on ORT CPU
+    cm.report           # JSON-serialisable; cm.report["summary"] has the headline numbers
+    cm.save("elsewhere"), cm.artifacts
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compiler.errors import EdgecError, ModelLoadError, QuantizationError
+
+__all__ = ["compile", "CompiledModel"]
+
+
+def _np(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _as_tuple(batch: Any) -> tuple[Any, ...]:
+    if isinstance(batch, (tuple, list)):
+        return tuple(batch)
+    return (batch,)
+
+
+def _load(model: Any, example_inputs: Any) -> Any:
+    from compiler.frontends import load_onnx, load_torch
+
+    if isinstance(model, (str, Path)):
+        if not str(model).endswith(".onnx"):
+            raise ModelLoadError(f"{model}: compile() takes an .onnx path, an onnx.ModelProto "
+                                 "or an nn.Module")
+        return load_onnx(str(model))
+    try:
+        import onnx
+
+        if isinstance(model, onnx.ModelProto):
+            return load_onnx(model)
+    except ImportError:  # pragma: no cover - onnx is a dependency
+        pass
+    if example_inputs is None:
+        raise ModelLoadError("compile(): a PyTorch module needs example_inputs")
+    return load_torch(model, _as_tuple(example_inputs))
+
+
+def _feeds(graph: Any, batches: Sequence[Any]) -> list[dict[str, np.ndarray]]:
+    names = [v.name for v in graph.inputs]
+    out = []
+    for i, b in enumerate(batches):
+        if isinstance(b, Mapping):
+            out.append({k: _np(v) for k, v in b.items()})
+            continue
+        t = _as_tuple(b)
+        if len(t) != len(names):
+            raise QuantizationError(f"calibration batch {i} has {len(t)} tensors; the model "
+                                    f"takes {len(names)} inputs {names}")
+        out.append({n: _np(x) for n, x in zip(names, t)})
+    return out
+
+
+class CompiledModel:
+    """The result of :func:`compile`: the artifacts, a report, and a way to run them."""
+
+    def __init__(self, out_dir: Path, report: dict[str, Any], artifacts: dict[str, Path],
+                 input_names: list[str], owned_tmp: tempfile.TemporaryDirectory[str] | None,
+                 graph: Any) -> None:
+        self.out_dir = out_dir
+        self.report = report
+        self.artifacts = artifacts
+        self.input_names = input_names
+        self.graph = graph
+        self._tmp = owned_tmp
+
+    def run(self, *args: Any) -> list[np.ndarray]:
+        """Run the artifact on ``args`` (numpy arrays or tensors, in input order): HTP parts on
+        the simulator, anything else on ONNX Runtime's CPU EP."""
+        feed = {n: _np(a) for n, a in zip(self.input_names, args)}
+        if len(args) != len(self.input_names):
+            raise EdgecError(f"run() takes {len(self.input_names)} inputs "
+                             f"{self.input_names}, got {len(args)}")
+        if self.report.get("target") == "cpu":
+            from compiler.reference import run_reference
+
+            res = run_reference(self.graph, feed)
+            return [res[v.name] for v in self.graph.outputs]
+        from targets.hexagon_htp import qnn
+
+        r = qnn.run_context(self.artifacts["model"], feed)
+        return list(r.outputs.values())
+
+    def save(self, directory: str | Path) -> dict[str, Path]:
+        """Copy the artifacts into ``directory`` (each file atomically); returns the new paths."""
+        from compiler.fileio import atomic_write_bytes
+
+        dest = Path(directory)
+        dest.mkdir(parents=True, exist_ok=True)
+        out = {}
+        for k, p in self.artifacts.items():
+            target = dest / p.name
+            atomic_write_bytes(target, p.read_bytes())
+            out[k] = target
+        return out
+
+
+def _summary_sqnr(cm: CompiledModel, fp32: Any, feeds: list[dict[str, np.ndarray]]) -> float:
+    from compiler.numerics import metrics
+    from compiler.reference import run_reference
+
+    refs, tests = [], []
+    for f in feeds:
+        want = run_reference(fp32, f)
+        refs += [want[v.name] for v in fp32.outputs]
+        tests += cm.run(*[f[n] for n in cm.input_names])
+    return metrics(refs, tests).sqnr_db
+
+
+def _macs(graph: Any) -> int:
+    total = 0
+    for n in graph.nodes:
+        if n.op in ("Conv", "ConvTranspose") and len(n.inputs) > 1 and n.inputs[1] is not None:
+            w, y = n.inputs[1].shape, n.outputs[0].shape
+            if w and y and all(isinstance(d, int) for d in (*w, *y)):
+                total += int(np.prod(y)) * int(np.prod(w[1:]))
+        elif n.op in ("MatMul", "Gemm") and n.inputs[0] is not None:
+            a, y = n.inputs[0].shape, n.outputs[0].shape
+            if a and y and all(isinstance(d, int) for d in (*a, *y)):
+                k = a[0] if n.op == "Gemm" and n.attr("transA", 0) else a[-1]
+                total += int(np.prod(y)) * int(k)
+    return total
+
+
+def compile(model: Any, example_inputs: Any = None, *, target: str = "htp-v75",
+            precision: str = "w8a16", calibration_data: Sequence[Any] | None = None,
+            overrides: Mapping[str, str] | None = None, pipeline: str | None = None,
+            output_dir: str | Path | None = None, allow_cpu: bool = True,
+            progress: bool | None = None, optimization_level: int = 3,
+            soc_model: str | int | None = None) -> CompiledModel:
+    """Compile ``model`` (an ``nn.Module`` with ``example_inputs``, an ``.onnx`` path or an
+    ``onnx.ModelProto``) for ``target`` at ``precision`` (``w8a8``, ``w8a16``, ``w4a16``,
+    ``fp16``, ``fp32``). ``calibration_data`` is a list of argument tuples shaped like
+    ``example_inputs`` (default: the example alone, with a warning). ``overrides`` maps
+    module-path globs, ``op:<Op>`` or ``node:<name>`` to precision specs. ``pipeline`` replaces
+    the target's default pass pipeline. Artifacts go to ``output_dir`` (default: a temporary
+    folder the returned object owns)."""
+    from compiler.passes import PassContext, PassManager, TimingInstrument
+    from targets import get_target
+
+    show = sys.stderr.isatty() if progress is None else progress
+    tgt = get_target(target)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    graph = _load(model, example_inputs)
+    times["import_s"] = time.perf_counter() - t0
+    fp32 = graph.copy()
+
+    if calibration_data is None:
+        if example_inputs is None:
+            raise QuantizationError("compile(): give calibration_data (or example_inputs) to "
+                                    "calibrate with")
+        calibration_data = [example_inputs]
+        if precision not in ("fp16", "fp32"):
+            import warnings
+
+            warnings.warn("compile(): calibrating on the example input alone; pass "
+                          "calibration_data=[...] with representative inputs", stacklevel=2)
+    feeds = _feeds(graph, list(calibration_data))
+    ctx = PassContext(target=tgt.name, calibration=feeds, progress=show,
+                      options={"quant_rules": tgt.quant_rules,
+                               "quant_overrides": dict(overrides or {})})
+    pipe = pipeline or tgt.default_pipeline(precision)
+    timing = TimingInstrument()
+    t0 = time.perf_counter()
+    PassManager(pipe, instruments=[timing]).run(graph, ctx)
+    times["passes_s"] = time.perf_counter() - t0
+    times["calibrate_s"] = sum(v for k, v in timing.totals.items() if k.endswith("calibrate"))
+
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if output_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="edgec-")
+        out = Path(tmp.name)
+    else:
+        out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def say(msg: str) -> None:
+        if show:
+            sys.stderr.write(f"edgec: {msg}\n")
+
+    t0 = time.perf_counter()
+    if tgt.name == "cpu":
+        from compiler.frontends import save_onnx
+        from compiler.ir import save_ir
+
+        save_onnx(graph, out / "model.onnx")
+        save_ir(graph, out / "model.ir")
+        artifacts = {"model": out / "model.onnx", "ir": out / "model.ir"}
+        emit_report: dict[str, Any] = {"target": "cpu", "cpu_nodes": [], "num_contexts": 0,
+                                       "npu_nodes": 0}
+    else:
+        from targets.hexagon_htp.emit import emit
+
+        res = emit(graph, out, arch=tgt.arch, allow_cpu=allow_cpu, progress=say,
+                   optimization_level=optimization_level, soc_model=soc_model,
+                   fp16_precision=precision == "fp16")
+        artifacts = {"model": res.model, "ir": res.ir, "report": res.report_path}
+        for i, b in enumerate(res.bins):
+            artifacts[f"context{i}"] = b
+        emit_report = res.report
+    times["emit_s"] = time.perf_counter() - t0
+
+    report: dict[str, Any] = dict(emit_report)
+    report["pipeline"] = PassManager(pipe).pipeline
+    report["quantization"] = ctx.report.get("quantization", {})
+    report["calibration"] = ctx.report.get("calibration", {})
+    report["notes"] = list(ctx.log)
+    cm = CompiledModel(out, report, artifacts, [v.name for v in graph.inputs], tmp, graph)
+    t0 = time.perf_counter()
+    sq = _summary_sqnr(cm, fp32, feeds[: min(len(feeds), 4)])
+    times["verify_s"] = time.perf_counter() - t0
+    weight_bytes = 0
+    for v in graph.constants.values():
+        if v.const is None:
+            continue
+        bits = v.encoding.bits if v.encoding is not None else v.dtype.bits
+        weight_bytes += (v.const.size * bits + 7) // 8
+    cpu = len(emit_report.get("cpu_nodes", []))
+    report["summary"] = {
+        "target": tgt.name, "precision": precision, "nodes": len(graph.nodes),
+        "npu_nodes": emit_report.get("npu_nodes", 0), "cpu_nodes": cpu if tgt.name != "cpu"
+        else len(graph.nodes),
+        "partitions": emit_report.get("num_contexts", 0), "macs": _macs(graph),
+        "weight_bytes": int(weight_bytes),
+        "sqnr_db": None if math.isinf(sq) else round(sq, 3),
+        "times_s": {k: round(v, 3) for k, v in times.items()},
+    }
+    return cm
+

@@ -1,0 +1,422 @@
+"""``quantize``: give tensors quantization encodings, following the target's rules.
+
+Schemes: ``w8a8``, ``w8a16``, ``w4a16`` (per-channel weights; per-block with ``block_size``),
+``fp16`` and ``fp32`` (no encodings; the precision is recorded in ``graph.meta["precision"]``
+for the emitter). The rules (``ctx.options["quant_rules"]``, a
+:class:`~passes.quant.rules.QuantRules`) decide the rest:
+
+- weights of Conv/ConvTranspose/Gemm/MatMul: signed, symmetric, per output channel, with the
+  clipping magnitude that minimises the weight's squared rounding error;
+- Conv/Gemm biases: ``bias_bits`` integers, ``scale = input scale * weight scale``, zero point 0;
+- activations: unsigned asymmetric from the calibration histograms (``calibrate`` first), with
+  the range chosen for the bit width they get;
+- other float constants (LayerNorm gamma/beta, Add/Mul operands, embedding tables): per-tensor
+  from their own range, at the consuming node's activation width;
+- outputs of ``shared_encoding_ops`` share their input's encoding; ``fixed_ranges`` ops get
+  their exact range; producers absorbed into a ``fused_activations`` op get no encoding.
+
+Mixed precision: ``ctx.options["quant_overrides"]`` maps patterns to specs. A pattern is a
+module-path glob matched against the node's provenance (``"layers.*.mlp.*"``), ``"op:Softmax"``
+or ``"node:<name>"``; a spec is ``"w4a16"``, ``"a16"``, ``"w8"`` or ``"fp32"`` (the node stays
+float, which places it on the CPU). Later patterns win. A pattern that matches nothing is an
+error naming it.
+
+The automatic policy (``auto``, under ``w8a8``) keeps quantization-sensitive tensors at 16
+bits: LayerNorm inputs and outputs (the residual stream) and activations whose range is
+dominated by a few outliers. Softmax inputs get their calibrated minimum clipped above
+attention-mask values (a -1e4 mask would otherwise take the whole 8-bit range). What it did,
+and why, is reported in ``ctx.report["quantization"]``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from compiler.errors import QuantizationError
+from compiler.ir import Graph, Node, QuantEncoding, Value
+from compiler.numerics import sqnr_db
+from compiler.passes import Pass, PassContext, PassResult, option
+from passes.quant.calibrate import calibration_of
+from passes.quant.observers import RangeStats, choose_range, mse_range_for_array
+from passes.quant.rules import QuantRules, is_bias, weight_axis
+
+__all__ = ["Quantize", "SCHEMES", "parse_spec", "activation_encoding"]
+
+#: scheme -> (weight bits, activation bits); None for the float schemes
+SCHEMES: dict[str, tuple[int, int] | None] = {
+    "w8a8": (8, 8), "w8a16": (8, 16), "w4a16": (4, 16), "fp16": None, "fp32": None,
+}
+_MASK_FLOOR = -1000.0  # softmax inputs below this are attention-mask values, not scores
+_SOFTMAX_SPAN = 20.0  # exp(-20) ~ 2e-9: a score clipped this far below the max is still ~0
+_MIN_SCALE = 1e-9
+
+
+@dataclass
+class _Spec:
+    wbits: int | None
+    abits: int | None
+    float_: bool = False
+
+
+def parse_spec(spec: str) -> dict[str, Any]:
+    """``"w4a16"`` -> ``{"w": 4, "a": 16}``; ``"a16"``, ``"w8"``; ``"fp32"`` -> float."""
+    s = spec.strip().lower()
+    if s in ("fp32", "float", "fp16"):
+        return {"float": True}
+    out: dict[str, Any] = {}
+    rest = s
+    while rest:
+        key = rest[0]
+        digits = ""
+        rest = rest[1:]
+        while rest and rest[0].isdigit():
+            digits, rest = digits + rest[0], rest[1:]
+        if key not in "wa" or not digits or key in out:
+            raise QuantizationError(f"quantization override spec {spec!r} is not one of "
+                                    "w<bits>a<bits>, a<bits>, w<bits>, fp32")
+        out[key] = int(digits)
+    return out
+
+
+def _matches(pattern: str, node: Node) -> bool:
+    if pattern.startswith("op:"):
+        return node.op == pattern[3:]
+    if pattern.startswith("node:"):
+        return node.name == pattern[5:]
+    src = str(node.meta.get("src", ""))
+    return bool(src) and (fnmatch.fnmatchcase(src, pattern)
+                          or fnmatch.fnmatchcase(src + ".", pattern))
+
+
+def activation_encoding(lo: float, hi: float, bits: int, signed: bool = False) -> QuantEncoding:
+    """An asymmetric encoding covering ``[lo, hi]`` (widened to contain 0), never with a zero
+    scale: a constant or all-zero tensor gets the smallest positive scale."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    levels = (1 << bits) - 1
+    scale = max((hi - lo) / levels, _MIN_SCALE)
+    qmin = -(1 << (bits - 1)) if signed else 0
+    zp = int(np.clip(round(qmin - lo / scale), qmin, qmin + levels))
+    return QuantEncoding(bits=bits, signed=signed, scale=np.asarray(scale, np.float32),
+                         zero_point=np.asarray(zp, np.int64))
+
+
+_CLIP_GRID = np.linspace(1.0, 0.8, 41)
+
+
+def _output_aware_magnitudes(w: np.ndarray, bits: int, axis: int, in_axis: int,
+                             mean: np.ndarray, meansq: np.ndarray) -> np.ndarray:
+    """Per output channel, the clipping magnitude (a fraction of the channel's absmax) that
+    minimises the expected error of the layer's OUTPUT, not of the weight: with a weight error
+    ``d`` over input channels whose activations have mean ``mu`` and variance ``var``, the
+    output error is ``sum(var * d^2) + (sum(mu * d))^2``. Clipping makes sign-correlated
+    errors that the mean term punishes; plain weight MSE does not see that."""
+    qmax = (1 << (bits - 1)) - 1
+    wo = np.moveaxis(w.astype(np.float64), axis, 0)  # [O, ...]
+    # input channel of every weight element, in wo's layout
+    in_ax = in_axis % w.ndim
+    in_ax = in_ax if in_ax > axis % w.ndim else in_ax + 1 if in_ax < axis % w.ndim else in_ax
+    shape = [1] * wo.ndim
+    shape[in_ax if in_ax < wo.ndim else -1] = -1
+    var = np.maximum(meansq - mean * mean, 0.0)
+    if var.size != wo.shape[in_ax if in_ax < wo.ndim else -1]:
+        raise ValueError("activation moments do not match the weight's input channels")
+    var_b = var.reshape(shape)
+    mu_b = mean.reshape(shape)
+    flat_axes = tuple(range(1, wo.ndim))
+    absmax = np.abs(wo).max(axis=flat_axes)
+    best_err = np.full(absmax.shape, np.inf)
+    best = absmax.copy()
+    for r in _CLIP_GRID:
+        mag = np.maximum(absmax * r, 1e-12)
+        s = (mag / qmax).reshape((-1,) + (1,) * (wo.ndim - 1))
+        d = np.clip(np.rint(wo / s), -qmax - 1, qmax) * s - wo
+        err = (var_b * d * d).sum(axis=flat_axes) + (mu_b * d).sum(axis=flat_axes) ** 2
+        better = err < best_err
+        best[better], best_err[better] = mag[better], err[better]
+    return best
+
+
+def _weight_encoding(w: np.ndarray, bits: int, axis: int | None, block: int,
+                     moments: tuple[np.ndarray, np.ndarray] | None = None,
+                     in_axis: int = 1) -> QuantEncoding:
+    qmax = (1 << (bits - 1)) - 1
+    if block > 0 and axis is not None:
+        # per block along ``axis``: one absmax per block, weight shape with axis // block
+        d = w.shape[axis]
+        nblk = -(-d // block)
+        pad = [(0, 0)] * w.ndim
+        pad[axis] = (0, nblk * block - d)
+        a = np.pad(np.abs(w), pad)
+        shape = list(a.shape)
+        shape[axis:axis + 1] = [nblk, block]
+        amax = a.reshape(shape).max(axis=axis + 1)
+        scale = np.maximum(amax / qmax, _MIN_SCALE).astype(np.float32)
+        return QuantEncoding(bits=bits, signed=True, scale=scale,
+                             zero_point=np.zeros(scale.shape, np.int64), axis=axis,
+                             block_size=block)
+    mags = None
+    if moments is not None and axis is not None:
+        try:
+            mags = _output_aware_magnitudes(w, bits, axis, in_axis, *moments)
+        except ValueError:
+            mags = None
+    if mags is None:
+        mags = mse_range_for_array(w, bits, axis)
+    scale = np.maximum(np.asarray(mags, np.float64) / qmax, _MIN_SCALE).astype(np.float32)
+    if axis is None:
+        return QuantEncoding(bits=bits, signed=True, scale=scale.reshape(()))
+    return QuantEncoding(bits=bits, signed=True, scale=scale,
+                         zero_point=np.zeros(scale.shape, np.int64), axis=axis)
+
+
+@dataclass(frozen=True)
+class Quantize(Pass):
+    """Set quantization encodings on weights, biases and activations."""
+
+    name: ClassVar[str] = "quantize"
+    summary: ClassVar[str] = "Quantize weights and activations by scheme and the target's rules"
+    needs_finite_weights: ClassVar[bool] = True
+    scheme: Literal["w8a8", "w8a16", "w4a16", "fp16", "fp32"] = option(
+        "w8a16", "weight/activation widths; fp16/fp32 leave the graph float")
+    block_size: int = option(0, "0: per-channel weights; N>0: blocks of N along the input "
+                                "axis (for ops the target allows)")
+    auto: bool = option(True, "under w8a8, keep quantization-sensitive tensors at 16 bits")
+    output_aware: bool = option(True, "pick each weight channel's scale by the expected "
+                                "error of the layer output (from calibration moments)")
+    outlier_ratio: float = option(12.0, "auto: an activation whose 99.99th-percentile range "
+                                  "is this many times smaller than its full range is "
+                                  "outlier-dominated")
+
+    # -- planning ------------------------------------------------------------------------------
+    def _node_specs(self, graph: Graph, ctx: PassContext, wbits: int, abits: int
+                    ) -> dict[int, _Spec]:
+        specs = {id(n): _Spec(wbits, abits) for n in graph.nodes}
+        overrides = ctx.options.get("quant_overrides") or {}
+        if not isinstance(overrides, dict):
+            raise QuantizationError("quant_overrides must map patterns to specs, e.g. "
+                                    '{"layers.*.mlp.*": "w4a16", "op:Softmax": "a16"}')
+        applied = []
+        for pattern, spec_text in overrides.items():
+            spec = parse_spec(str(spec_text))
+            hits = [n for n in graph.nodes if _matches(str(pattern), n)]
+            if not hits:
+                raise QuantizationError(f"quantization override {pattern!r} matches no node "
+                                        "(patterns: module-path glob, op:<Op>, node:<name>)")
+            for n in hits:
+                s = specs[id(n)]
+                if spec.get("float"):
+                    s.float_ = True
+                s.wbits = spec.get("w", s.wbits)
+                s.abits = spec.get("a", s.abits)
+            applied.append({"pattern": pattern, "spec": spec_text, "nodes": len(hits)})
+        ctx.report.setdefault("quantization", {})["overrides"] = applied
+        return specs
+
+    def _auto_policy(self, graph: Graph, specs: dict[int, _Spec], stats: dict[str, RangeStats],
+                     kept: list[dict[str, Any]]) -> dict[str, int]:
+        """Values to keep at 16 bits under w8a8, with reasons."""
+        wide: dict[str, int] = {}
+
+        def keep(v: Value | None, reason: str) -> None:
+            if v is not None and v.dtype.is_float and not v.is_const and v.name not in wide:
+                wide[v.name] = 16
+                kept.append({"tensor": v.name, "bits": 16, "reason": reason})
+
+        for n in graph.nodes:
+            if n.op in ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"):
+                keep(n.inputs[0], f"input of {n.op} {n.label()} (residual stream)")
+                keep(n.outputs[0], f"output of {n.op} {n.label()}")
+        for name, st in stats.items():
+            if name in wide:
+                continue
+            full = max(abs(st.lo), abs(st.hi))
+            lo, hi = choose_range(st, "percentile", percentile=99.99)
+            core = max(abs(lo), abs(hi))
+            if core > 0 and full / core >= self.outlier_ratio:
+                kept.append({"tensor": name, "bits": 16,
+                             "reason": f"outlier-dominated range ({full / core:.0f}x its "
+                                       "99.99th percentile)"})
+                wide[name] = 16
+        return wide
+
+    # -- main ----------------------------------------------------------------------------------
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        """Plan widths per node, then set every encoding in topological order."""
+        rules = ctx.options.get("quant_rules")
+        if rules is None:
+            rules = QuantRules()
+            ctx.note("no target quantization rules given; using the generic defaults")
+        report: dict[str, Any] = ctx.report.setdefault("quantization", {})
+        report["scheme"] = self.scheme
+        widths = SCHEMES[self.scheme]
+        if widths is None:
+            graph.meta["precision"] = self.scheme
+            return PassResult(False, {"quantized": 0})
+        wbits, abits = widths
+        for b, allowed, role in ((wbits, rules.weight_bits, "weight"),
+                                 (abits, rules.activation_bits, "activation")):
+            if b not in allowed:
+                raise QuantizationError(f"quantize: {b}-bit {role}s are not allowed by the "
+                                        f"target (allowed: {list(allowed)})")
+        cal = calibration_of(graph)
+        if cal is None:
+            raise QuantizationError("quantize: no calibration statistics on the graph; run "
+                                    "'calibrate' before 'quantize'")
+        stats: dict[str, RangeStats] = cal["stats"]
+        method, pct = cal["method"], cal["percentile"]
+        specs = self._node_specs(graph, ctx, wbits, abits)
+        kept: list[dict[str, Any]] = []
+        wide = (self._auto_policy(graph, specs, stats, kept)
+                if self.auto and self.scheme == "w8a8" else {})
+        report["kept_16bit"] = kept
+        graph.meta["precision"] = self.scheme
+
+        consumers: dict[int, list[Node]] = {}
+        for n in graph.nodes:
+            for v in n.inputs:
+                if v is not None:
+                    consumers.setdefault(id(v), []).append(n)
+
+        def act_bits(v: Value) -> int | None:
+            """Width of activation ``v``: its producer's (or, for an input, its consumers'),
+            None when every node touching it stays float."""
+            if v.name in wide:
+                return wide[v.name]
+            users = consumers.get(id(v), [])
+            if v.producer is not None:
+                s = specs[id(v.producer)]
+                return None if s.float_ else s.abits
+            widths = [specs[id(u)].abits or 0 for u in users if not specs[id(u)].float_]
+            return (max(widths) or None) if widths else None
+
+        def range_for(v: Value, bits: int) -> tuple[float, float]:
+            st = stats.get(v.name)
+            if st is None:
+                raise QuantizationError(f"quantize: tensor %{v.name} has no calibration "
+                                        "statistics (was the graph changed after calibrate?)")
+            users = consumers.get(id(v), [])
+            if users and all(u.op == "Softmax" for u in users) and st.lo < _MASK_FLOOR:
+                # attention scores with a mask: range of the real scores only
+                real = _real_lo(st)
+                lo = min(real, st.hi - _SOFTMAX_SPAN)
+                kept.append({"tensor": v.name, "bits": bits,
+                             "reason": f"softmax input: minimum clipped from {st.lo:.3g} to "
+                                       f"{lo:.3g} (attention-mask values saturate)"})
+                return lo, st.hi
+            return choose_range(st, method, bits=bits, percentile=pct)
+
+        count = 0
+        weight_sqnr: list[dict[str, Any]] = []
+        # graph inputs
+        for v in graph.inputs:
+            if v.dtype.is_float:
+                in_bits = act_bits(v)
+                if in_bits:
+                    v.encoding = activation_encoding(*range_for(v, in_bits), in_bits)
+                    count += 1
+        for n in graph.nodes:
+            s = specs[id(n)]
+            if s.float_:
+                continue
+            # constants read by this node
+            for i, v in enumerate(n.inputs):
+                if v is None or not v.is_const or not v.dtype.is_float or v.encoding is not None:
+                    continue
+                data = np.asarray(v.const, dtype=np.float32)
+                axis = weight_axis(n, i)
+                if axis is not None and s.wbits:
+                    block = (self.block_size if self.block_size > 0
+                             and n.op in rules.block_quant_ops else 0)
+                    in_axis = _input_axis(n, data.ndim)
+                    x = n.inputs[0]
+                    mom = cal.get("moments", {}).get(x.name) if x is not None else None
+                    v.encoding = _weight_encoding(data, s.wbits,
+                                                  in_axis if block else axis, block,
+                                                  mom if self.output_aware else None, in_axis)
+                    weight_sqnr.append({"tensor": v.name, "bits": s.wbits,
+                                        "sqnr_db": _finite(sqnr_db(
+                                            data, v.encoding.fake_quant(data)))})
+                    count += 1
+                elif is_bias(n, i):
+                    continue  # set after the node's input and weight encodings are known
+                else:
+                    b = s.abits or 8
+                    v.encoding = activation_encoding(float(data.min()), float(data.max()), b)
+                    count += 1
+            # bias
+            if len(n.inputs) > 2 and is_bias(n, 2):
+                x, w, bias = n.inputs[0], n.inputs[1], n.inputs[2]
+                if (bias is not None and bias.is_const and bias.encoding is None
+                        and x is not None and x.encoding is not None
+                        and w is not None and w.encoding is not None
+                        and w.encoding.block_size is None):
+                    scale = (np.float64(x.encoding.scale)
+                             * w.encoding.scale.astype(np.float64)).astype(np.float32)
+                    scale = np.maximum(scale, np.float32(_MIN_SCALE))
+                    bdata = np.asarray(bias.const, np.float32)
+                    if bdata.ndim != 1:
+                        continue
+                    if scale.ndim == 0 or scale.size != bdata.size:
+                        scale = np.broadcast_to(scale, bdata.shape).astype(np.float32)
+                    bias.encoding = QuantEncoding(
+                        bits=rules.bias_bits, signed=True, scale=scale,
+                        zero_point=np.zeros(scale.shape, np.int64), axis=0)
+                    count += 1
+            # outputs
+            for v in n.outputs:
+                if v is None or not v.dtype.is_float:
+                    continue
+                out_bits = act_bits(v)
+                if not out_bits:
+                    continue
+                b = out_bits
+                users = consumers.get(id(v), [])
+                if (len(users) == 1 and users[0].op in rules.fused_activations
+                        and v not in graph.outputs and v.name not in wide):
+                    continue  # the target fuses the activation into this node
+                if n.op in rules.fixed_ranges:
+                    lo, hi = rules.fixed_ranges[n.op]
+                    v.encoding = activation_encoding(lo, hi, b)
+                elif (n.op in rules.shared_encoding_ops and n.inputs
+                      and n.inputs[0] is not None and n.inputs[0].encoding is not None
+                      and n.inputs[0].encoding.bits == b):
+                    v.encoding = n.inputs[0].encoding
+                else:
+                    v.encoding = activation_encoding(*range_for(v, b), b)
+                count += 1
+        report["weights"] = weight_sqnr
+        report["encodings"] = count
+        if rules.notes:
+            report["rules"] = list(rules.notes)
+        for k in kept:
+            ctx.note(f"kept %{k['tensor']} at {k['bits']} bits: {k['reason']}")
+        return PassResult(count > 0, {"encodings": count, "kept_16bit": len(kept)})
+
+
+def _finite(x: float) -> float | None:
+    return None if math.isinf(x) or math.isnan(x) else round(x, 3)
+
+
+def _input_axis(n: Node, ndim: int) -> int:
+    """The reduction (input-channel) axis of a weight: where blocks run."""
+    if n.op == "Conv":
+        return 1
+    if n.op == "ConvTranspose":
+        return 0
+    if n.op == "Gemm":
+        return 1 if n.attr("transB", 0) else 0
+    return max(ndim - 2, 0)
+
+
+def _real_lo(st: RangeStats) -> float:
+    """The smallest histogram bin edge above the mask floor (the real scores' minimum)."""
+    edges = np.linspace(st.lo, st.hi, len(st.hist) + 1)
+    for count, left in zip(st.hist, edges[:-1]):
+        if count > 0 and left > _MASK_FLOOR:
+            return float(left)
+    return st.lo

@@ -1,0 +1,214 @@
+"""Emit an IR graph for the HTP: QDQ ONNX -> QNN context binary -> one deployable ONNX model.
+
+The graph (with encodings) is exported as QDQ ONNX and compiled by the QNN EP for the chosen
+arch. With CPU placement allowed, nodes the HTP does not take stay ordinary ONNX nodes in the
+deployable model beside the ``EPContext`` nodes, and ORT runs them on the CPU EP; every such
+node is listed in the report with a reason (edgec's capability table when it predicted the
+refusal, else the EP's refusal). With CPU placement forbidden, any such node is an error that
+names it.
+
+When HTP finalization fails (``QNN_COMMON_ERROR_MEM_ALLOC`` and friends), the emitter bisects
+for the culprit: it keeps the first k nodes quantized (the rest float, hence on the CPU), finds
+the smallest k that still fails, moves node k-1 to the CPU (drops its encodings) and tries
+again, a few times at most. Forbidding the CPU turns that into an error naming the nodes.
+
+Artifacts in ``out_dir`` (each written atomically; identical input gives identical bytes):
+``model.onnx`` (the deployable EPContext model) with its ``*.bin`` context binaries beside it,
+``model.ir`` (the final IR text, with ``model.ir.weights``) and ``report.json`` (no wall-clock
+times, so it is deterministic too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from compiler.errors import EmitError, FinalizeError
+from compiler.fileio import atomic_write_text
+from compiler.ir import Graph, Node, save_ir
+from targets.hexagon_htp import qnn
+from targets.hexagon_htp.target import supports
+
+__all__ = ["emit", "EmitResult"]
+
+_GLUE = frozenset({"EPContext", "QuantizeLinear", "DequantizeLinear"})
+_MAX_FINALIZE_RETRIES = 4
+
+
+@dataclass
+class EmitResult:
+    """What :func:`emit` wrote and where the nodes went."""
+
+    model: Path
+    bins: list[Path]
+    ir: Path
+    report_path: Path
+    report: dict[str, Any]
+    cpu_nodes: list[dict[str, str]] = field(default_factory=list)
+
+
+def _strip(node: Node) -> None:
+    """Move ``node`` to the CPU: drop the encodings of its outputs and constant inputs."""
+    for out in node.outputs:
+        if out is not None:
+            out.encoding = None
+    for v in node.inputs:
+        if v is not None and v.is_const:
+            v.encoding = None
+    node.placement = "cpu"
+
+
+def _node_key(n: Node) -> str:
+    return n.name or (n.outputs[0].name if n.outputs and n.outputs[0] is not None else n.op)
+
+
+def _compile(graph: Graph, out_dir: Path, arch: str, opts: dict[str, Any]
+             ) -> qnn.ContextArtifacts:
+    from compiler.frontends import to_onnx
+
+    return qnn.compile_context(to_onnx(graph), out_dir, arch=arch, name="model", **opts)
+
+
+def _bisect_finalize(graph: Graph, out_dir: Path, arch: str, opts: dict[str, Any],
+                     first: FinalizeError, progress: Callable[[str], None]
+                     ) -> tuple[qnn.ContextArtifacts, list[tuple[str, str]]]:
+    """Find nodes whose quantized form breaks finalization and move them to the CPU."""
+    moved: list[tuple[str, str]] = []
+    error = first
+    for _ in range(_MAX_FINALIZE_RETRIES):
+        nodes = [n for n in graph.nodes if n.placement != "cpu"]
+
+        def fails(k: int, nodes: list[Node] = nodes) -> bool:
+            trial = graph.copy()
+            keep = {_node_key(n) for n in nodes[:k]}
+            for n in trial.nodes:
+                if _node_key(n) not in keep:
+                    _strip(n)
+            try:
+                _compile(trial, out_dir / ".bisect", arch, {**opts, "allow_cpu_fallback": True})
+            except FinalizeError:
+                return True
+            except EmitError:
+                return False
+            return False
+
+        lo, hi = 0, len(nodes)  # fails(lo) is False (nothing on the HTP), fails(hi) is True
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            progress(f"finalize bisect: {mid} of {len(nodes)} nodes on the HTP")
+            if fails(mid):
+                hi = mid
+            else:
+                lo = mid
+        culprit = nodes[hi - 1]
+        moved.append((_node_key(culprit), f"HTP finalization failed with {error.qnn_error} "
+                                          "while this node was on the HTP"))
+        _strip(culprit)
+        try:
+            return _compile(graph, out_dir, arch, opts), moved
+        except FinalizeError as e:
+            error = e
+    raise FinalizeError(f"HTP finalization still fails ({error.qnn_error}) after moving "
+                        f"{', '.join(m for m, _ in moved)} to the CPU",
+                        qnn_error=error.qnn_error, log=error.log)
+
+
+def emit(graph: Graph, out_dir: str | os.PathLike[str], *, arch: str,
+         soc_model: str | int | None = None, optimization_level: int = 3,
+         fp16_precision: bool = False, vtcm_mb: int | None = None, allow_cpu: bool = True,
+         progress: Callable[[str], None] | None = None) -> EmitResult:
+    """Compile ``graph`` for HTP ``arch`` into ``out_dir`` (see the module docstring)."""
+    arch = qnn.validate_arch(arch)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    say = progress or (lambda _msg: None)
+    fp16 = fp16_precision or graph.meta.get("precision") == "fp16"
+    opts: dict[str, Any] = {"soc_model": soc_model, "optimization_level": optimization_level,
+                            "fp16_precision": fp16, "vtcm_mb": vtcm_mb,
+                            "allow_cpu_fallback": allow_cpu}
+    predicted = {}
+    for n in graph.nodes:
+        s = supports(n, fp16=fp16)
+        n.placement = "htp" if s.ok else "cpu"
+        if not s.ok:
+            predicted[_node_key(n)] = f"{s.reason.value}: {s.detail}"
+    if predicted and not allow_cpu:
+        first = next(iter(predicted.items()))
+        raise EmitError(f"{len(predicted)} node(s) cannot run on the HTP and CPU placement is "
+                        f"forbidden; first: {first[0]} ({first[1]})")
+    moved: list[tuple[str, str]] = []
+    say("compiling the HTP context")
+    try:
+        arts = _compile(graph, out, arch, opts)
+    except FinalizeError as e:
+        if not allow_cpu:
+            raise
+        say(f"HTP finalization failed ({e.qnn_error}); bisecting for the culprit nodes")
+        arts, moved = _bisect_finalize(graph, out, arch, opts, e, say)
+    finally:
+        _rm_tree(out / ".bisect")
+
+    # where did every node end up?
+    ctx_model = onnx.load(str(arts.ctx_onnx), load_external_data=False)
+    outside = [n for n in ctx_model.graph.node if n.op_type not in _GLUE]
+    reasons = dict(predicted)
+    reasons.update(dict(moved))
+    by_name = {_node_key(n): n for n in graph.nodes}
+    cpu_nodes = []
+    for n in outside:
+        key = n.name
+        ir_node = by_name.get(key)
+        if ir_node is not None:
+            ir_node.placement = "cpu"
+        cpu_nodes.append({"node": key, "op": n.op_type,
+                          "src": str(ir_node.meta.get("src", "")) if ir_node else "",
+                          "reason": reasons.get(key, "refused by the QNN EP")})
+    outside_names = {c["node"] for c in cpu_nodes}
+    for n in graph.nodes:
+        if _node_key(n) not in outside_names:
+            n.placement = "htp"
+    if cpu_nodes and not allow_cpu:
+        raise EmitError(f"node {cpu_nodes[0]['node']} ({cpu_nodes[0]['op']}) stayed outside "
+                        f"the HTP context: {cpu_nodes[0]['reason']}")
+
+    model = out / "model.onnx"
+    # The EP names its output <name>_ctx.onnx; the deployable model is model.onnx.
+    os.replace(arts.ctx_onnx, model)
+    ir_path = out / "model.ir"
+    save_ir(graph, ir_path)
+    versions = qnn.versions()
+    report = {
+        "target": f"htp-v{arch}",
+        "arch": arch,
+        "soc_model": arts.soc_model,
+        "qairt_version": versions.get("qairt", ""),
+        "ep_sdk_version": arts.ep_sdk_version,
+        "onnxruntime_qnn": versions.get("onnxruntime_qnn", ""),
+        "precision": graph.meta.get("precision", "fp32"),
+        "options": {"optimization_level": optimization_level, "fp16_precision": fp16,
+                    "vtcm_mb": vtcm_mb, "allow_cpu": allow_cpu},
+        "contexts": [{"file": b.name, "sha256": h} for b, h in zip(arts.bins,
+                                                                   arts.bin_sha256)],
+        "num_contexts": arts.num_contexts,
+        "nodes": len(graph.nodes),
+        "npu_nodes": len(graph.nodes) - len(cpu_nodes),
+        "cpu_nodes": cpu_nodes,
+        "finalize_moves": [{"node": k, "reason": r} for k, r in moved],
+        "note": "a context binary loads only on a QNN runtime at least as new as "
+                "ep_sdk_version",
+    }
+    report_path = out / "report.json"
+    atomic_write_text(report_path, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return EmitResult(model, list(arts.bins), ir_path, report_path, report, cpu_nodes)
+
+
+def _rm_tree(p: Path) -> None:
+    import shutil
+
+    shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,35 @@
+"""The HTP's quantization rules (what the QNN HTP backend accepts and runs well).
+
+- Weights: signed, symmetric, per output channel (per-tensor weights cost ~1-3 dB on CNNs).
+- Activations: unsigned, asymmetric, 8 or 16 bits.
+- Bias: int32 with ``scale = input_scale * weight_scale`` and zero point 0.
+- Data-movement ops (Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Slice, Gather on data,
+  MaxPool, Split, Expand, Tile, DepthToSpace, SpaceToDepth) keep their input's encoding: the
+  HTP moves integers, and a requantize would be wasted work and error.
+- Fixed ranges: Softmax and Sigmoid outputs in [0, 1], Tanh in [-1, 1].
+- Relu/Clip after Conv, Gemm and MatMul are fused by the HTP: the producer's output gets no
+  encoding of its own.
+"""
+
+from __future__ import annotations
+
+from passes.quant.rules import QuantRules
+
+__all__ = ["HTP_QUANT_RULES"]
+
+HTP_QUANT_RULES = QuantRules(
+    weight_bits=(4, 8, 16),
+    activation_bits=(8, 16),
+    weight_symmetric=True,
+    weight_signed=True,
+    weight_per_channel=True,
+    activation_signed=False,
+    bias_bits=32,
+    shared_encoding_ops=frozenset({
+        "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather",
+        "MaxPool", "Split", "Expand", "Tile", "DepthToSpace", "SpaceToDepth",
+    }),
+    fixed_ranges={"Softmax": (0.0, 1.0), "Sigmoid": (0.0, 1.0), "Tanh": (-1.0, 1.0)},
+    fused_activations=frozenset({"Relu"}),
+    block_quant_ops=frozenset({"MatMul", "Gemm"}),
+)

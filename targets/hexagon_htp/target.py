@@ -1,0 +1,127 @@
+"""The Hexagon HTP target descriptor: device table, capabilities, default pipeline.
+
+Device variants are rows of :data:`DEVICES`, not code. Sources for the numbers: Qualcomm's
+published SoC pairings (8 Gen 2 = v73, 8 Gen 3 = v75, 8 Elite = v79, 8 Elite Gen 5 = v81),
+VTCM of about 8 MB on the recent parts, phone DRAM bandwidth of about 65-85 GB/s (see
+``../shared/QNN_NOTES.md``). The MAC rates are the HTP's int8 tensor throughput scaled so that
+ResNet-50 W8A8 lands near the published AI Hub latencies; they are a relative cost signal for
+placement, not a datasheet.
+
+Capabilities: :data:`HTP_OPS` lists the ONNX ops the QNN EP maps to HTP kernels in QDQ form
+(checked against the EP: ``Erf`` is absent, so an erf-GELU must be fused into ``Gelu`` first).
+A node is refused, with a :class:`~targets.base.Reason`, when its op is not listed, when a
+tensor has a dynamic shape, or when it is not quantized and the build is not fp16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compiler.ir import Node
+from targets.base import SUPPORTED, DeviceSpec, Reason, Support
+
+__all__ = ["DEVICES", "HTP_OPS", "HtpTarget", "supports", "default_pipeline", "SOC_ARCH"]
+
+_GB = 1e9
+
+#: One row per HTP generation. macs_per_cycle by precision key; overheads in seconds.
+DEVICES: dict[str, DeviceSpec] = {
+    arch: DeviceSpec(name=f"htp-v{arch}", arch=arch, vtcm_bytes=vtcm << 20, clock_hz=clock,
+                     macs_per_cycle={"a8w8": macs, "a16w8": macs / 2, "a16w16": macs / 4,
+                                     "fp16": macs / 4},
+                     dram_bytes_per_s=bw * _GB, op_overhead_s=2e-6, graph_overhead_s=50e-6,
+                     socs=socs)
+    for arch, vtcm, clock, macs, bw, socs in (
+        ("68", 4, 1.0e9, 2048, 44, ("sm8350",)),
+        ("69", 8, 1.1e9, 2048, 51, ("sm8450",)),
+        ("73", 8, 1.2e9, 4096, 64, ("sm8550", "snapdragon-8-gen-2")),
+        ("75", 8, 1.3e9, 4096, 77, ("sm8650", "snapdragon-8-gen-3")),
+        ("79", 8, 1.4e9, 6144, 85, ("sm8750", "snapdragon-8-elite")),
+        ("81", 8, 1.5e9, 8192, 90, ("snapdragon-8-elite-gen-5",)),
+    )
+}
+
+#: SoC names users know -> HTP arch
+SOC_ARCH: dict[str, str] = {soc: arch for arch, d in DEVICES.items() for soc in d.socs}
+
+#: ONNX ops the QNN EP runs on the HTP (in QDQ form).
+HTP_OPS = frozenset({
+    "Abs", "Add", "ArgMax", "ArgMin", "AveragePool", "BatchNormalization", "Cast", "Ceil",
+    "Clip", "Concat", "Conv", "ConvTranspose", "Cos", "DepthToSpace", "Div", "Elu", "Equal",
+    "Exp", "Expand", "Flatten", "Floor", "Gather", "Gelu", "Gemm", "GlobalAveragePool",
+    "GlobalMaxPool", "Greater", "GreaterOrEqual", "HardSigmoid", "HardSwish",
+    "InstanceNormalization", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual", "Log",
+    "LogSoftmax", "LpNormalization", "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg", "Not",
+    "Pad", "Pow", "PRelu", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum",
+    "Relu", "Reshape", "Resize", "Round", "Sigmoid", "Sign", "Sin", "Slice", "Softmax",
+    "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "TopK", "Transpose",
+    "Unsqueeze", "Where", "Reciprocal", "Identity",
+})
+
+#: ops that only move or index data: fine without an encoding of their own
+_LAYOUT = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity",
+                     "Gather", "Slice", "Split", "Concat", "Expand", "Tile", "Cast"})
+
+
+def supports(node: Node, *, fp16: bool = False) -> Support:
+    """Whether the HTP takes ``node`` (in the build's precision), with the reason if not."""
+    if node.domain not in ("", "ai.onnx"):
+        return Support(False, Reason.OP_UNSUPPORTED,
+                       f"{node.qualified_op} is not an ONNX op the QNN EP knows")
+    if node.op not in HTP_OPS:
+        return Support(False, Reason.OP_UNSUPPORTED, f"the HTP has no kernel for {node.op}")
+    for v in node.outputs:
+        if v is not None and v.shape is not None and not all(isinstance(d, int)
+                                                            for d in v.shape):
+            return Support(False, Reason.DYNAMIC_SHAPE,
+                           f"output %{v.name} has a dynamic shape {v.type}")
+    if not fp16 and node.op not in _LAYOUT:
+        floats = [v for v in node.outputs if v is not None and v.dtype.is_float]
+        if floats and all(v.encoding is None for v in floats):
+            consumers_quantized = any(
+                u.outputs and any(o is not None and o.encoding is not None for o in u.outputs)
+                for v in floats for u in v.consumers())
+            if not consumers_quantized:
+                return Support(False, Reason.DTYPE_UNSUPPORTED,
+                               "left in float (not quantized) and the build is not fp16")
+    return SUPPORTED
+
+
+def default_pipeline(precision: str, method: str = "mse") -> str:
+    """The pass pipeline ``compile()`` runs for the HTP at ``precision``."""
+    if precision in ("fp16", "fp32"):
+        return "canonicalize,fuse,canonicalize"
+    return (f"canonicalize,fuse,canonicalize,calibrate{{method={method}}},"
+            f"quantize{{scheme={precision}}}")
+
+
+@dataclass(frozen=True)
+class HtpTarget:
+    """``htp-<arch>``: the device row, the quantization rules, capabilities, emit."""
+
+    arch: str
+
+    @property
+    def name(self) -> str:
+        """``htp-v75`` etc."""
+        return f"htp-v{self.arch}"
+
+    @property
+    def device(self) -> DeviceSpec:
+        """This arch's row of :data:`DEVICES`."""
+        return DEVICES[self.arch]
+
+    @property
+    def quant_rules(self) -> object:
+        """The HTP's :class:`~passes.quant.rules.QuantRules`."""
+        from targets.hexagon_htp.rules import HTP_QUANT_RULES
+
+        return HTP_QUANT_RULES
+
+    def supports(self, node: Node, *, fp16: bool = False) -> Support:
+        """See :func:`supports`."""
+        return supports(node, fp16=fp16)
+
+    def default_pipeline(self, precision: str) -> str:
+        """See :func:`default_pipeline`."""
+        return default_pipeline(precision)
