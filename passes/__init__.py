@@ -25,6 +25,7 @@ _TABLE: dict[str, str | type[Pass]] = {
     "fold-constants": "passes.fold_constants:FoldConstants",
     "fuse": "passes.fuse:Fuse",
     "infer-shapes": "passes.infer_shapes:InferShapes",
+    "lower-group-norm": "passes.lower_group_norm:LowerGroupNorm",
     "quantize": "passes.quant.quantize:Quantize",
     "remove-noops": "passes.remove_noops:RemoveNoops",
     "simplify-algebra": "passes.simplify_algebra:SimplifyAlgebra",

@@ -35,12 +35,17 @@ class RangeStats:
     hi: float
     count: int
     hist: np.ndarray  # float64 counts, _BINS bins over [lo, hi]
+    #: how many values were -inf / +inf (attention masks); they are not in lo/hi/hist and
+    #: saturate to the ends of whatever range is chosen
+    neg_inf: int = 0
+    pos_inf: int = 0
 
 
 class Observer:
     """Streaming statistics of one tensor (names the tensor in its errors)."""
 
-    __slots__ = ("absmax_sum", "batches", "count", "hi", "hist", "lo", "name")
+    __slots__ = ("absmax_sum", "batches", "count", "hi", "hist", "lo", "name", "neg_inf",
+                 "pos_inf")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -50,6 +55,8 @@ class Observer:
         self.hist = np.zeros(_BINS, dtype=np.float64)
         self.absmax_sum = 0.0
         self.batches = 0
+        self.neg_inf = 0
+        self.pos_inf = 0
 
     def update(self, x: np.ndarray) -> None:
         """Add one batch of values."""
@@ -61,8 +68,15 @@ class Observer:
         flat = x.reshape(-1)
         lo, hi = float(flat.min()), float(flat.max())
         if not (math.isfinite(lo) and math.isfinite(hi)):
-            bad = "NaN" if np.isnan(flat).any() else "infinite"
-            raise NumericsError(f"tensor %{self.name}: calibration produced {bad} values")
+            if np.isnan(flat).any():
+                raise NumericsError(f"tensor %{self.name}: calibration produced NaN values")
+            # +-inf (an additive attention mask): counted, kept out of the range
+            self.neg_inf += int(np.count_nonzero(np.isneginf(flat)))
+            self.pos_inf += int(np.count_nonzero(np.isposinf(flat)))
+            flat = flat[np.isfinite(flat)]
+            if flat.size == 0:
+                return
+            lo, hi = float(flat.min()), float(flat.max())
         self.batches += 1
         self.absmax_sum += max(abs(lo), abs(hi))
         if self.count == 0:
@@ -89,7 +103,8 @@ class Observer:
         """The statistics; raises ``QuantizationError`` if nothing was observed."""
         if self.count == 0:
             raise QuantizationError(f"tensor %{self.name}: no calibration data reached it")
-        return RangeStats(self.lo, self.hi, self.count, self.hist.copy())
+        return RangeStats(self.lo, self.hi, self.count, self.hist.copy(), self.neg_inf,
+                          self.pos_inf)
 
 
 def _rebin(hist: np.ndarray, lo: float, hi: float, new_lo: float, new_hi: float) -> np.ndarray:

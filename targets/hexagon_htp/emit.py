@@ -8,9 +8,9 @@ refusal, else the EP's refusal). With CPU placement forbidden, any such node is 
 names it.
 
 When HTP finalization fails (``QNN_COMMON_ERROR_MEM_ALLOC`` and friends), the emitter bisects
-for the culprit: it keeps the first k nodes quantized (the rest float, hence on the CPU), finds
-the smallest k that still fails, moves node k-1 to the CPU (drops its encodings) and tries
-again, a few times at most. Forbidding the CPU turns that into an error naming the nodes.
+for the culprit: it compiles prefix subgraphs (the first k nodes, cut at node k-1) to find the
+shortest one that fails, moves its last node to the CPU (drops its encodings) and tries again,
+a few times at most. Forbidding the CPU turns the failure into an error.
 
 Artifacts in ``out_dir`` (each written atomically; identical input gives identical bytes):
 ``model.onnx`` (the deployable EPContext model) with its ``*.bin`` context binaries beside it,
@@ -38,7 +38,7 @@ from targets.hexagon_htp.target import supports
 __all__ = ["emit", "EmitResult"]
 
 _GLUE = frozenset({"EPContext", "QuantizeLinear", "DequantizeLinear"})
-_MAX_FINALIZE_RETRIES = 4
+_MAX_FINALIZE_RETRIES = 8
 
 
 @dataclass
@@ -75,47 +75,55 @@ def _compile(graph: Graph, out_dir: Path, arch: str, opts: dict[str, Any]
     return qnn.compile_context(to_onnx(graph), out_dir, arch=arch, name="model", **opts)
 
 
+def _prefix_fails(graph: Graph, k: int, out_dir: Path, arch: str, opts: dict[str, Any]
+                  ) -> bool:
+    """Does the subgraph of the first ``k`` nodes (cut at node k-1's output) fail to
+    finalize?"""
+    from compiler.passes import PassContext, PassManager
+
+    trial = graph.copy()
+    last = list(trial.nodes)[k - 1]
+    trial.outputs = [o for o in last.outputs if o is not None][:1]
+    PassManager("eliminate-dead-code").run(trial, PassContext())
+    try:
+        _compile(trial, out_dir / ".bisect", arch, {**opts, "allow_cpu_fallback": True})
+    except FinalizeError:
+        return True
+    except EmitError:
+        return False
+    return False
+
+
 def _bisect_finalize(graph: Graph, out_dir: Path, arch: str, opts: dict[str, Any],
                      first: FinalizeError, progress: Callable[[str], None]
                      ) -> tuple[qnn.ContextArtifacts, list[tuple[str, str]]]:
-    """Find nodes whose quantized form breaks finalization and move them to the CPU."""
+    """Find the nodes that break finalization and move them to the CPU, one at a time: the
+    culprit is the last node of the shortest failing prefix of the graph (binary search over
+    prefix subgraphs, each compiled on its own)."""
     moved: list[tuple[str, str]] = []
     error = first
     for _ in range(_MAX_FINALIZE_RETRIES):
-        nodes = [n for n in graph.nodes if n.placement != "cpu"]
-
-        def fails(k: int, nodes: list[Node] = nodes) -> bool:
-            trial = graph.copy()
-            keep = {_node_key(n) for n in nodes[:k]}
-            for n in trial.nodes:
-                if _node_key(n) not in keep:
-                    _strip(n)
-            try:
-                _compile(trial, out_dir / ".bisect", arch, {**opts, "allow_cpu_fallback": True})
-            except FinalizeError:
-                return True
-            except EmitError:
-                return False
-            return False
-
-        lo, hi = 0, len(nodes)  # fails(lo) is False (nothing on the HTP), fails(hi) is True
+        nodes = list(graph.nodes)
+        lo, hi = 0, len(nodes)  # the empty prefix finalizes, the whole graph does not
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            progress(f"finalize bisect: {mid} of {len(nodes)} nodes on the HTP")
-            if fails(mid):
+            progress(f"finalize bisect: first {mid} of {len(nodes)} nodes")
+            if _prefix_fails(graph, mid, out_dir, arch, opts):
                 hi = mid
             else:
                 lo = mid
         culprit = nodes[hi - 1]
+        if culprit.placement == "cpu":
+            break  # already moved and still failing: bisection cannot make progress
         moved.append((_node_key(culprit), f"HTP finalization failed with {error.qnn_error} "
-                                          "while this node was on the HTP"))
+                                          "with this node on the HTP"))
         _strip(culprit)
         try:
             return _compile(graph, out_dir, arch, opts), moved
         except FinalizeError as e:
             error = e
     raise FinalizeError(f"HTP finalization still fails ({error.qnn_error}) after moving "
-                        f"{', '.join(m for m, _ in moved)} to the CPU",
+                        f"{', '.join(m for m, _ in moved) or 'nothing'} to the CPU",
                         qnn_error=error.qnn_error, log=error.log)
 
 
@@ -132,6 +140,17 @@ def emit(graph: Graph, out_dir: str | os.PathLike[str], *, arch: str,
     opts: dict[str, Any] = {"soc_model": soc_model, "optimization_level": optimization_level,
                             "fp16_precision": fp16, "vtcm_mb": vtcm_mb,
                             "allow_cpu_fallback": allow_cpu}
+    # ORT keeps node names (not tensor names) of nodes it leaves outside a context: name
+    # every node, deterministically, so each one in the deployable model can be traced back.
+    taken = {n.name for n in graph.nodes if n.name}
+    for n in graph.nodes:
+        if not n.name:
+            base = n.outputs[0].name if n.outputs and n.outputs[0] is not None else n.op
+            name, i = base, 1
+            while name in taken:
+                name, i = f"{base}_{i}", i + 1
+            n.name = name
+            taken.add(name)
     predicted = {}
     for n in graph.nodes:
         s = supports(n, fp16=fp16)
@@ -159,11 +178,13 @@ def emit(graph: Graph, out_dir: str | os.PathLike[str], *, arch: str,
     outside = [n for n in ctx_model.graph.node if n.op_type not in _GLUE]
     reasons = dict(predicted)
     reasons.update(dict(moved))
-    by_name = {_node_key(n): n for n in graph.nodes}
+    by_name = {n.name: n for n in graph.nodes if n.name}
+    by_output = {o.name: n for n in graph.nodes for o in n.outputs if o is not None}
     cpu_nodes = []
     for n in outside:
-        key = n.name
-        ir_node = by_name.get(key)
+        ir_node = by_name.get(n.name) or next(
+            (by_output[o] for o in n.output if o in by_output), None)
+        key = _node_key(ir_node) if ir_node is not None else (n.name or n.op_type)
         if ir_node is not None:
             ir_node.placement = "cpu"
         cpu_nodes.append({"node": key, "op": n.op_type,

@@ -90,8 +90,8 @@ def supports(node: Node, *, fp16: bool = False) -> Support:
 def default_pipeline(precision: str, method: str = "mse") -> str:
     """The pass pipeline ``compile()`` runs for the HTP at ``precision``."""
     if precision in ("fp16", "fp32"):
-        return "canonicalize,fuse,canonicalize"
-    return (f"canonicalize,fuse,canonicalize,calibrate{{method={method}}},"
+        return "canonicalize,fuse,lower-group-norm,canonicalize"
+    return (f"canonicalize,fuse,lower-group-norm,canonicalize,calibrate{{method={method}}},"
             f"quantize{{scheme={precision}}}")
 
 
