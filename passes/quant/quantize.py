@@ -24,10 +24,10 @@ float, which places it on the CPU). Later patterns win. A pattern that matches n
 error naming it.
 
 The automatic policy (``auto``, under ``w8a8``) keeps quantization-sensitive tensors at 16
-bits: LayerNorm inputs and outputs (the residual stream) and activations whose range is
-dominated by a few outliers. Softmax inputs get their calibrated minimum clipped above
-attention-mask values (a -1e4 mask would otherwise take the whole 8-bit range). What it did,
-and why, is reported in ``ctx.report["quantization"]``.
+bits: attention probabilities (Softmax outputs), LayerNorm inputs and outputs (the residual
+stream) and activations whose range is dominated by a few outliers. Softmax inputs get their
+calibrated minimum clipped above attention-mask values (a -1e4 mask would otherwise take the
+whole 8-bit range). What it did, and why, is reported in ``ctx.report["quantization"]``.
 """
 
 from __future__ import annotations
@@ -231,6 +231,11 @@ class Quantize(Pass):
                 kept.append({"tensor": v.name, "bits": 16, "reason": reason})
 
         for n in graph.nodes:
+            if n.op == "Softmax":
+                # attention probabilities are mostly small: 8 bits over [0, 1] rounds many of
+                # them to 0 (the HTP takes 16-bit probabilities into an 8-bit-weight MatMul;
+                # 16-bit softmax INPUTS inside an 8-bit block fail to finalize)
+                keep(n.outputs[0], f"output of Softmax {n.label()} (attention probabilities)")
             if n.op in ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"):
                 keep(n.inputs[0], f"input of {n.op} {n.label()} (residual stream)")
                 keep(n.outputs[0], f"output of {n.op} {n.label()}")
@@ -395,8 +400,9 @@ class Quantize(Pass):
                     lo, hi = rules.fixed_ranges[n.op]
                     v.encoding = activation_encoding(lo, hi, b)
                 elif (n.op in rules.shared_encoding_ops and n.inputs
-                      and n.inputs[0] is not None and n.inputs[0].encoding is not None
-                      and n.inputs[0].encoding.bits == b):
+                      and n.inputs[0] is not None and n.inputs[0].encoding is not None):
+                    # data movement keeps its input's encoding, width included: narrowing a
+                    # 16-bit tensor while moving it would throw away what was kept
                     v.encoding = n.inputs[0].encoding
                 else:
                     v.encoding = activation_encoding(*range_for(v, b), b)
