@@ -115,16 +115,22 @@ class CompiledModel:
         return out
 
 
-def _summary_sqnr(cm: CompiledModel, fp32: Any, feeds: list[dict[str, np.ndarray]]) -> float:
+def _verify(cm: CompiledModel, fp32: Any, feeds: list[dict[str, np.ndarray]]
+            ) -> tuple[float, float, float]:
+    """SQNR of the artifact against FP32, of the QDQ graph on the CPU reference against FP32,
+    and of the artifact against that CPU reference (how faithfully the target ran the QDQ)."""
     from compiler.numerics import metrics
     from compiler.reference import run_reference
 
-    refs, tests = [], []
+    refs, tests, qdq = [], [], []
     for f in feeds:
         want = run_reference(fp32, f)
         refs += [want[v.name] for v in fp32.outputs]
         tests += cm.run(*[f[n] for n in cm.input_names])
-    return metrics(refs, tests).sqnr_db
+        cpu = run_reference(cm.graph, f)
+        qdq += [cpu[v.name] for v in cm.graph.outputs]
+    return (metrics(refs, tests).sqnr_db, metrics(refs, qdq).sqnr_db,
+            metrics(qdq, tests).sqnr_db)
 
 
 def _macs(graph: Any) -> int:
@@ -228,8 +234,15 @@ def compile(model: Any, example_inputs: Any = None, *, target: str = "htp-v75",
     report["notes"] = list(ctx.log)
     cm = CompiledModel(out, report, artifacts, [v.name for v in graph.inputs], tmp, graph)
     t0 = time.perf_counter()
-    sq = _summary_sqnr(cm, fp32, feeds[: min(len(feeds), 4)])
+    sq, sq_cpu, agree = _verify(cm, fp32, feeds[: min(len(feeds), 4)])
     times["verify_s"] = time.perf_counter() - t0
+    report["warnings"] = []
+    if tgt.name != "cpu" and agree < min(sq_cpu - 10.0, 20.0):
+        report["warnings"].append(
+            f"the {tgt.name} artifact disagrees with the same quantized graph on the CPU "
+            f"reference ({agree:.1f} dB between them; {sq_cpu:.1f} dB on the CPU vs FP32): "
+            "the target computes some quantized op differently; run 'edgec drift' on the "
+            "model to find where")
     weight_bytes = 0
     for v in graph.constants.values():
         if v.const is None:
@@ -244,6 +257,8 @@ def compile(model: Any, example_inputs: Any = None, *, target: str = "htp-v75",
         "partitions": emit_report.get("num_contexts", 0), "macs": _macs(graph),
         "weight_bytes": int(weight_bytes),
         "sqnr_db": None if math.isinf(sq) else round(sq, 3),
+        "cpu_qdq_sqnr_db": None if math.isinf(sq_cpu) else round(sq_cpu, 3),
+        "target_vs_cpu_qdq_db": None if math.isinf(agree) else round(agree, 3),
         "times_s": {k: round(v, 3) for k, v in times.items()},
     }
     return cm

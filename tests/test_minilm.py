@@ -52,3 +52,28 @@ def test_import_matches_torch(model: minilm.MiniLM) -> None:
         got = run_reference(g, [ids.numpy(), mask.numpy()])[g.outputs[0].name]
         assert float((got * want).sum()) > 0.99999
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.htp
+def test_compiles_for_the_htp_and_keeps_the_embeddings(model: minilm.MiniLM,
+                                                       tmp_path: object) -> None:
+    import compiler
+    from compiler.numerics import cosine
+
+    calib = minilm.sentences(0, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cm = compiler.compile(model, calib[0], precision="w8a8", calibration_data=calib,
+                              output_dir=tmp_path, progress=False)
+    s = cm.report["summary"]
+    assert s["partitions"] == 1 and s["cpu_nodes"] == 0
+    assert not cm.report["warnings"]
+    cos = []
+    for ids, mask in minilm.sentences(8, 3):
+        with torch.no_grad():
+            want = model(ids, mask).numpy()
+        got = cm.run(ids.numpy(), mask.numpy())[0]
+        cos.append(cosine(want, got))
+    # measured 0.936-0.948 on the simulator (ORT's strong recipe: 0.948 with 13 CPU nodes);
+    # the 0.99 target is not reached yet
+    assert min(cos) > 0.92, cos

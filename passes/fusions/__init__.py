@@ -4,6 +4,6 @@
 ``FUSIONS`` before the first ``fuse`` runs.
 """
 
-from passes.fusions import fold_batch_norm
+from passes.fusions import fold_batch_norm, matmul_to_gemm
 
-__all__ = ["fold_batch_norm"]
+__all__ = ["fold_batch_norm", "matmul_to_gemm"]

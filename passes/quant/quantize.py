@@ -55,6 +55,7 @@ SCHEMES: dict[str, tuple[int, int] | None] = {
 }
 _MASK_FLOOR = -1000.0  # softmax inputs below this are attention-mask values, not scores
 _SOFTMAX_SPAN = 20.0  # exp(-20) ~ 2e-9: a score clipped this far below the max is still ~0
+_MASK_DEPTH = 80.0  # an additive mask clipped to -80 still zeroes its softmax weights
 _MIN_SCALE = 1e-9
 _MARGIN_16 = 0.25  # of the observed span, on each side that is not zero
 
@@ -308,6 +309,15 @@ class Quantize(Pass):
                 raise QuantizationError(f"quantize: tensor %{v.name} has no calibration "
                                         "statistics (was the graph changed after calibrate?)")
             users = consumers.get(id(v), [])
+            if st.lo < _MASK_FLOOR and users and all(_feeds_softmax(u) for u in users):
+                # an additive attention mask (0 / -1e4): only "0" and "very negative" matter;
+                # a -1e4-wide range would leave the scores it is added to a 0.15 step on the
+                # HTP (its Add rescales both inputs), wrecking the softmax
+                lo = max(st.lo, -_MASK_DEPTH)
+                kept.append({"tensor": v.name, "bits": bits,
+                             "reason": f"attention mask: range clipped from {st.lo:.3g} to "
+                                       f"{lo:.3g} (masked scores still vanish in the softmax)"})
+                return lo, st.hi
             if users and all(u.op == "Softmax" for u in users) and (st.lo < _MASK_FLOOR
                                                                    or st.neg_inf):
                 # attention scores with a mask: range of the real scores only
@@ -416,6 +426,14 @@ class Quantize(Pass):
         return PassResult(count > 0, {"encodings": count, "kept_16bit": len(kept)})
 
 
+def _feeds_softmax(node: Node) -> bool:
+    """True for an Add (or Sub) whose result goes only into Softmax: a mask being applied."""
+    if node.op not in ("Add", "Sub") or not node.outputs or node.outputs[0] is None:
+        return False
+    users = node.outputs[0].consumers()
+    return bool(users) and all(u.op == "Softmax" for u in users)
+
+
 def _const_range(data: np.ndarray) -> tuple[float, float]:
     """Range of a constant; infinities (an additive mask's -inf) widen it by the mask depth
     instead of poisoning it, so they saturate to the range's end."""
@@ -423,9 +441,9 @@ def _const_range(data: np.ndarray) -> tuple[float, float]:
     lo = float(finite.min()) if finite.size else 0.0
     hi = float(finite.max()) if finite.size else 0.0
     if np.isneginf(data).any():
-        lo = min(lo, hi + _MASK_FLOOR * 10)
+        lo = min(lo, hi - _MASK_DEPTH)
     if np.isposinf(data).any():
-        hi = max(hi, lo - _MASK_FLOOR * 10)
+        hi = max(hi, lo + _MASK_DEPTH)
     return lo, hi
 
 
