@@ -50,6 +50,7 @@ def _build(layers: int, hidden: int, path: Path) -> int:
     """Export a ``layers``-deep encoder to ``path`` (external data); returns weight bytes."""
     import warnings
 
+    import numpy as np
     import onnx
     import torch
 
@@ -57,6 +58,11 @@ def _build(layers: int, hidden: int, path: Path) -> int:
     layer = torch.nn.TransformerEncoderLayer(hidden, max(hidden // 64, 1), 4 * hidden,
                                              dropout=0.0, batch_first=True)
     model = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False).eval()
+    # TransformerEncoder deep-copies one layer, and the exporter would store identical
+    # weights once: give every layer its own, so the file really holds all of them.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02)
     x = torch.randn(1, 16, hidden)
     tmp = path.with_suffix(".tmp.onnx")
     with warnings.catch_warnings():
@@ -66,7 +72,11 @@ def _build(layers: int, hidden: int, path: Path) -> int:
     onnx.save(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
               location=path.name + ".data", size_threshold=1024)
     tmp.unlink()
-    return sum(p.numel() * 4 for p in model.parameters())
+    for f in tmp.parent.glob(tmp.name + "*"):  # the exporter's own external-data file
+        f.unlink()
+    # the FP32 weight bytes the file holds (what the memory limit is relative to)
+    return sum(int(np.prod(t.dims)) * 4 for t in m.graph.initializer
+               if t.data_type == onnx.TensorProto.FLOAT)
 
 
 def _child(kind: str, src: str, out: str) -> dict[str, Any]:

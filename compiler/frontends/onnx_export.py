@@ -22,9 +22,10 @@
 
 ``save_onnx`` writes atomically (a temp file in the target folder, then ``os.replace``) and
 never outside the folder of ``path``. Models whose tensors exceed ``external_threshold`` (by
-default just under the 2 GB protobuf limit) put initializers of at least ``min_external_bytes``
-into ``<name>.onnx.data`` beside the model, each at a 4 KiB-aligned offset, in initializer
-order.
+default 256 MiB, so that export streams tensors instead of building the whole model in memory;
+above the 2 GB protobuf limit it is a must) put initializers of at least
+``min_external_bytes`` into ``<name>.onnx.data`` beside the model, each at a 4 KiB-aligned
+offset, in initializer order.
 """
 
 from __future__ import annotations
@@ -53,13 +54,17 @@ __all__ = [
     "save_onnx",
     "qdq_opset",
     "EXTERNAL_DATA_THRESHOLD",
+    "DEFAULT_EXTERNAL_BYTES",
     "MIN_EXTERNAL_BYTES",
     "EXTERNAL_ALIGNMENT",
 ]
 
-#: Total tensor bytes above which ``save_onnx`` uses external data (protobuf's 2 GB limit,
-#: minus room for the graph itself).
+#: protobuf's 2 GB limit, minus room for the graph itself: above this, external data is a must.
 EXTERNAL_DATA_THRESHOLD = (1 << 31) - (64 << 20)
+#: Total tensor bytes above which ``save_onnx`` uses external data by default. Well under the
+#: hard limit: an embedded model is built and serialized whole in memory (about 6x its weights
+#: at the peak, measured on a 650 MB encoder), while external data streams tensor by tensor.
+DEFAULT_EXTERNAL_BYTES = 256 << 20
 #: Smaller tensors stay inside the model even when external data is used.
 MIN_EXTERNAL_BYTES = 1024
 #: Offsets in the data file are multiples of this (page size: mmap-friendly).
@@ -551,7 +556,7 @@ def save_onnx(
     path: str | os.PathLike[str],
     *,
     external_data: bool | None = None,
-    external_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    external_threshold: int = DEFAULT_EXTERNAL_BYTES,
     min_external_bytes: int = MIN_EXTERNAL_BYTES,
     **export_options: Any,
 ) -> Path:
