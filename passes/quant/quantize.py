@@ -17,6 +17,10 @@ for the emitter). The rules (``ctx.options["quant_rules"]``, a
 - outputs of ``shared_encoding_ops`` share their input's encoding; ``fixed_ranges`` ops get
   their exact range; producers absorbed into a ``fused_activations`` op get no encoding.
 
+Bias correction (``bias_correction``, on by default): the rounding error ``D`` of a weight
+shifts the layer's output by ``D @ mean(x)`` on average; that shift, computed from the
+calibrated input means, is subtracted from the Conv/Gemm bias (a bias is added if missing).
+
 Mixed precision: ``ctx.options["quant_overrides"]`` maps patterns to specs. A pattern is a
 module-path glob matched against the node's provenance (``"layers.*.mlp.*"``), ``"op:Softmax"``
 or ``"node:<name>"``; a spec is ``"w4a16"``, ``"a16"``, ``"w8"`` or ``"fp32"`` (the node stays
@@ -192,6 +196,8 @@ class Quantize(Pass):
     auto: bool = option(True, "under w8a8, keep quantization-sensitive tensors at 16 bits")
     output_aware: bool = option(True, "pick each weight channel's scale by the expected "
                                 "error of the layer output (from calibration moments)")
+    bias_correction: bool = option(True, "fold the mean output shift the weight rounding "
+                                   "causes (from calibration means) into the bias")
     outlier_ratio: float = option(12.0, "auto: an activation whose 99.99th-percentile range "
                                   "is this many times smaller than its full range is "
                                   "outlier-dominated")
@@ -338,6 +344,7 @@ class Quantize(Pass):
             return choose_range(st, method, bits=bits, percentile=pct)
 
         count = 0
+        corrected = 0
         weight_sqnr: list[dict[str, Any]] = []
         # graph inputs
         for v in graph.inputs:
@@ -365,6 +372,9 @@ class Quantize(Pass):
                     v.encoding = _weight_encoding(data, s.wbits,
                                                   in_axis if block else axis, block,
                                                   mom if self.output_aware else None, in_axis)
+                    if self.bias_correction and mom is not None and not block:
+                        corrected += _correct_bias(graph, n, v.encoding.fake_quant(data) - data,
+                                                   mom[0])
                     weight_sqnr.append({"tensor": v.name, "bits": s.wbits,
                                         "sqnr_db": _finite(sqnr_db(
                                             data, v.encoding.fake_quant(data)))})
@@ -418,6 +428,7 @@ class Quantize(Pass):
                     v.encoding = activation_encoding(*range_for(v, b), b)
                 count += 1
         report["weights"] = weight_sqnr
+        report["bias_corrected"] = corrected
         report["encodings"] = count
         if rules.notes:
             report["rules"] = list(rules.notes)
@@ -445,6 +456,50 @@ def _const_range(data: np.ndarray) -> tuple[float, float]:
     if np.isposinf(data).any():
         hi = max(hi, lo + _MASK_DEPTH)
     return lo, hi
+
+
+def _correct_bias(graph: Graph, n: Node, delta: np.ndarray, mean: np.ndarray) -> int:
+    """Subtract the expected output shift ``delta @ mean`` (weight rounding error times the
+    calibrated input mean, per output channel) from the bias of Conv/Gemm ``n``; adds a bias
+    when there is none. Returns 1 when corrected. Conv borders (zero padding) are ignored."""
+    d = delta.astype(np.float64)
+    mu = np.asarray(mean, np.float64)
+    if n.op == "Gemm":
+        if n.attr("transA", 0) or n.attr("alpha", 1.0) != 1.0 or n.attr("beta", 1.0) != 1.0:
+            return 0
+        w = d if n.attr("transB", 0) else d.T  # [N, K]
+        if w.shape[1] != mu.size:
+            return 0
+        shift = w @ mu
+    elif n.op == "Conv":
+        group = int(n.attr("group", 1))
+        if d.ndim < 3:
+            return 0
+        if group == 1 and d.shape[1] == mu.size:
+            shift = np.einsum("oik,i->o", d.reshape(d.shape[0], d.shape[1], -1), mu)
+        elif group == d.shape[0] == mu.size and d.shape[1] == 1:  # depthwise
+            shift = d.reshape(d.shape[0], -1).sum(1) * mu
+        else:
+            return 0
+    else:
+        return 0
+    if not np.all(np.isfinite(shift)):
+        return 0
+    bias = n.inputs[2] if len(n.inputs) > 2 else None
+    if bias is not None and (not bias.is_const or bias.const is None or bias.const.ndim != 1):
+        return 0
+    old = (np.asarray(bias.const, np.float64) if bias is not None
+           else np.zeros(shift.shape, np.float64))
+    out = n.outputs[0]
+    dtype = out.dtype.numpy if out is not None else np.float32
+    new = graph.const((old - shift).astype(dtype), f"{out.name if out else n.op}_bias_bc")
+    if bias is not None:
+        n.set_input(2, new)
+        if not bias.uses:
+            graph.constants.pop(bias.name, None)
+    else:
+        n.set_inputs([*n.inputs, new])
+    return 1
 
 
 def _finite(x: float) -> float | None:
