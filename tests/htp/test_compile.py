@@ -20,14 +20,15 @@ from tests.models.zoo import ZOO, calibration_inputs, torch_outputs
 
 pytestmark = pytest.mark.htp
 
-# Held-out SQNR floors (dB) against FP32, a few dB under what was measured on the simulator
-# (see the README's HTP table): they catch regressions, not noise.
+# Held-out SQNR floors (dB) against FP32, 2-4 dB under what this test's setup measured on the
+# simulator (8 calibration, 4 held-out inputs; measured 59.0/46.0, 78.7/46.2, 43.9/23.1,
+# 53.1/40.0, 40.4/31.1 for w8a16/w8a8): they catch regressions, not noise.
 FLOORS = {
-    ("resnet", "w8a16"): 37, ("resnet", "w8a8"): 36,
-    ("mobilenet", "w8a16"): 52, ("mobilenet", "w8a8"): 42,
-    ("vit", "w8a16"): 40, ("vit", "w8a8"): 20,
-    ("whisper", "w8a16"): 50, ("whisper", "w8a8"): 36,
-    ("llama", "w8a16"): 39, ("llama", "w8a8"): 25,
+    ("resnet", "w8a16"): 55, ("resnet", "w8a8"): 42,
+    ("mobilenet", "w8a16"): 74, ("mobilenet", "w8a8"): 43,
+    ("vit", "w8a16"): 41, ("vit", "w8a8"): 20,
+    ("whisper", "w8a16"): 50, ("whisper", "w8a8"): 37,
+    ("llama", "w8a16"): 38, ("llama", "w8a8"): 28,
 }
 
 
