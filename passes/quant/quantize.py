@@ -61,6 +61,9 @@ _MASK_FLOOR = -1000.0  # softmax inputs below this are attention-mask values, no
 _SOFTMAX_SPAN = 20.0  # exp(-20) ~ 2e-9: a score clipped this far below the max is still ~0
 _MASK_DEPTH = 80.0  # an additive mask clipped to -80 still zeroes its softmax weights
 _MIN_SCALE = 1e-9
+#: (op, input index) of float inputs that parameterise an op rather than carry data: quantizing
+#: them changes what the op does (Resize scales of 2.0 becoming 1.99 shrink its output)
+_PARAMETER_INPUTS = frozenset({("Resize", 1), ("Resize", 2), ("Upsample", 1)})
 _MARGIN_16 = 0.25  # of the observed span, on each side that is not zero
 
 
@@ -361,6 +364,8 @@ class Quantize(Pass):
             for i, v in enumerate(n.inputs):
                 if v is None or not v.is_const or not v.dtype.is_float or v.encoding is not None:
                     continue
+                if (n.op, i) in _PARAMETER_INPUTS:
+                    continue  # a float parameter (Resize scales), not data: stays exact
                 data = np.asarray(v.const, dtype=np.float32)
                 axis = weight_axis(n, i)
                 if axis is not None and s.wbits:

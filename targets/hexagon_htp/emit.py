@@ -7,10 +7,11 @@ node is listed in the report with a reason (edgec's capability table when it pre
 refusal, else the EP's refusal). With CPU placement forbidden, any such node is an error that
 names it.
 
-When HTP finalization fails (``QNN_COMMON_ERROR_MEM_ALLOC`` and friends), the emitter bisects
-for the culprit: it compiles prefix subgraphs (the first k nodes, cut at node k-1) to find the
-shortest one that fails, moves its last node to the CPU (drops its encodings) and tries again,
-a few times at most. Forbidding the CPU turns the failure into an error.
+When HTP finalization fails (``QNN_COMMON_ERROR_MEM_ALLOC`` and friends), the emitter finds the
+culprit: it compiles prefixes of the failing run of HTP nodes to find the shortest one that
+fails, places its last node on the CPU, and compiles the runs between CPU nodes as separate
+contexts (``partition.py``; dropping a node's encodings would not take it away from the EP),
+stitched into one deployable model. Forbidding the CPU turns the failure into an error.
 
 Artifacts in ``out_dir`` (each written atomically; identical input gives identical bytes):
 ``model.onnx`` (the deployable EPContext model) with its ``*.bin`` context binaries beside it,
@@ -75,55 +76,83 @@ def _compile(graph: Graph, out_dir: Path, arch: str, opts: dict[str, Any]
     return qnn.compile_context(to_onnx(graph), out_dir, arch=arch, name="model", **opts)
 
 
-def _prefix_fails(graph: Graph, k: int, out_dir: Path, arch: str, opts: dict[str, Any]
-                  ) -> bool:
-    """Does the subgraph of the first ``k`` nodes (cut at node k-1's output) fail to
-    finalize?"""
-    from compiler.passes import PassContext, PassManager
+def _compile_partitioned(graph: Graph, out_dir: Path, arch: str, opts: dict[str, Any],
+                         cpu: set[str]) -> qnn.ContextArtifacts:
+    """Compile each HTP run between ``cpu`` nodes as its own context; stitch one model."""
+    from compiler.fileio import atomic_write_bytes
+    from compiler.frontends import to_onnx
+    from targets.hexagon_htp.partition import extract, htp_runs, stitch
 
-    trial = graph.copy()
-    last = list(trial.nodes)[k - 1]
-    trial.outputs = [o for o in last.outputs if o is not None][:1]
-    PassManager("eliminate-dead-code").run(trial, PassContext())
-    try:
-        _compile(trial, out_dir / ".bisect", arch, {**opts, "allow_cpu_fallback": True})
-    except FinalizeError:
-        return True
-    except EmitError:
-        return False
-    return False
+    full = to_onnx(graph)
+    parts: list[tuple[set[str], onnx.ModelProto]] = []
+    arts_all: list[qnn.ContextArtifacts] = []
+    for i, run in enumerate(htp_runs(graph, cpu)):
+        sub = extract(graph, run, f"{graph.name}_part{i}")
+        a = qnn.compile_context(to_onnx(sub), out_dir, arch=arch, name=f"part{i}",
+                                **{**opts, "allow_cpu_fallback": False})
+        parts.append(({n.name for n in run}, onnx.load(str(a.ctx_onnx),
+                                                        load_external_data=False)))
+        a.ctx_onnx.unlink()
+        arts_all.append(a)
+    stitched = stitch(full, parts)
+    path = out_dir / "model_ctx.onnx"
+    atomic_write_bytes(path, stitched.SerializeToString(deterministic=True))
+    first = arts_all[0]
+    return qnn.ContextArtifacts(
+        ctx_onnx=path, bins=tuple(b for a in arts_all for b in a.bins), arch=first.arch,
+        soc_model=first.soc_model, bin_sha256=tuple(h for a in arts_all for h in a.bin_sha256),
+        ep_sdk_version=first.ep_sdk_version, num_contexts=sum(a.num_contexts for a in arts_all))
 
 
-def _bisect_finalize(graph: Graph, out_dir: Path, arch: str, opts: dict[str, Any],
-                     first: FinalizeError, progress: Callable[[str], None]
-                     ) -> tuple[qnn.ContextArtifacts, list[tuple[str, str]]]:
-    """Find the nodes that break finalization and move them to the CPU, one at a time: the
-    culprit is the last node of the shortest failing prefix of the graph (binary search over
-    prefix subgraphs, each compiled on its own)."""
+def _partition_around_failures(graph: Graph, out_dir: Path, arch: str, opts: dict[str, Any],
+                               first: FinalizeError, progress: Callable[[str], None]
+                               ) -> tuple[qnn.ContextArtifacts, list[tuple[str, str]]]:
+    """Find nodes whose presence makes HTP finalization fail, put them on the CPU and compile
+    the runs between them as separate contexts."""
+    from compiler.frontends import to_onnx
+    from targets.hexagon_htp.partition import extract, htp_runs
+
+    cpu: set[str] = set()
     moved: list[tuple[str, str]] = []
     error = first
-    for _ in range(_MAX_FINALIZE_RETRIES):
-        nodes = list(graph.nodes)
-        lo, hi = 0, len(nodes)  # the empty prefix finalizes, the whole graph does not
+    for _ in range(_MAX_FINALIZE_RETRIES * 2):
+        failing = None
+        for run in htp_runs(graph, cpu):
+            try:
+                qnn.compile_context(to_onnx(extract(graph, run, "probe")), out_dir / ".bisect",
+                                    arch=arch, name="probe",
+                                    **{**opts, "allow_cpu_fallback": False})
+            except FinalizeError as e:
+                failing, error = run, e
+                break
+        if failing is None:
+            return _compile_partitioned(graph, out_dir, arch, opts, cpu), moved
+        lo, hi = 0, len(failing)
+
+        def fails(k: int, run: list[Node] = failing) -> bool:
+            try:
+                qnn.compile_context(to_onnx(extract(graph, run[:k], "probe")),
+                                    out_dir / ".bisect", arch=arch, name="probe",
+                                    **{**opts, "allow_cpu_fallback": False})
+            except FinalizeError:
+                return True
+            except EmitError:
+                return False
+            return False
+
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            progress(f"finalize bisect: first {mid} of {len(nodes)} nodes")
-            if _prefix_fails(graph, mid, out_dir, arch, opts):
+            progress(f"finalize bisect: first {mid} of {len(failing)} nodes of a partition")
+            if fails(mid):
                 hi = mid
             else:
                 lo = mid
-        culprit = nodes[hi - 1]
-        if culprit.placement == "cpu":
-            break  # already moved and still failing: bisection cannot make progress
-        moved.append((_node_key(culprit), f"HTP finalization failed with {error.qnn_error} "
-                                          "with this node on the HTP"))
-        _strip(culprit)
-        try:
-            return _compile(graph, out_dir, arch, opts), moved
-        except FinalizeError as e:
-            error = e
+        culprit = failing[hi - 1]
+        cpu.add(culprit.name)
+        moved.append((culprit.name, f"HTP finalization failed with {error.qnn_error} with "
+                                    "this node in the context"))
     raise FinalizeError(f"HTP finalization still fails ({error.qnn_error}) after moving "
-                        f"{', '.join(m for m, _ in moved) or 'nothing'} to the CPU",
+                        f"{', '.join(m for m, _ in moved)} to the CPU",
                         qnn_error=error.qnn_error, log=error.log)
 
 
@@ -169,7 +198,7 @@ def emit(graph: Graph, out_dir: str | os.PathLike[str], *, arch: str,
         if not allow_cpu:
             raise
         say(f"HTP finalization failed ({e.qnn_error}); bisecting for the culprit nodes")
-        arts, moved = _bisect_finalize(graph, out, arch, opts, e, say)
+        arts, moved = _partition_around_failures(graph, out, arch, opts, e, say)
     finally:
         _rm_tree(out / ".bisect")
 

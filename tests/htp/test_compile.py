@@ -184,3 +184,38 @@ def test_constant_tensors_get_valid_scales(tmp_path: Path) -> None:
             s = np.asarray(v.encoding.scale)
             assert np.all(np.isfinite(s)) and np.all(s > 0), v.name
     np.testing.assert_allclose(cm.run(x.numpy())[0], (x + 1.0).numpy(), atol=0.05)
+
+
+def test_finalize_failure_is_bisected_and_the_culprit_placed_on_the_cpu(tmp_path: Path) -> None:
+    class GN(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Conv2d(4, 16, 3, padding=1)
+            self.norm = torch.nn.GroupNorm(4, 16)
+            self.b = torch.nn.Conv2d(16, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.relu(self.norm(self.a(x))))
+
+    torch.manual_seed(0)
+    m = GN().eval()
+    x = torch.randn(1, 4, 8, 8)
+    calib = [(torch.randn(1, 4, 8, 8),) for _ in range(4)]
+    # Without the GroupNorm lowering, the exported InstanceNormalization form fails HTP
+    # finalization (QNN_COMMON_ERROR_MEM_ALLOC): the emitter must find it and work around it.
+    pipe = "canonicalize,fuse,canonicalize,calibrate,quantize{scheme=w8a16}"
+    cm = compiler.compile(m, (x,), calibration_data=calib, pipeline=pipe,
+                          output_dir=tmp_path / "out", progress=False)
+    moved = cm.report["finalize_moves"]
+    assert moved and "QNN_COMMON_ERROR_MEM_ALLOC" in moved[0]["reason"]
+    assert [c["op"] for c in cm.report["cpu_nodes"]] == ["InstanceNormalization"]
+    with torch.no_grad():
+        want = m(x).numpy()
+    assert metrics([want], cm.run(x.numpy())).sqnr_db > 35
+    with pytest.raises(EdgecError, match="MEM_ALLOC"):
+        compiler.compile(m, (x,), calibration_data=calib, pipeline=pipe,
+                         output_dir=tmp_path / "no", allow_cpu=False, progress=False)
+    # with the lowering (the default pipeline) it is one context and no CPU node
+    cm = compiler.compile(m, (x,), calibration_data=calib, output_dir=tmp_path / "low",
+                          progress=False)
+    assert cm.report["summary"]["partitions"] == 1 and not cm.report["cpu_nodes"]
