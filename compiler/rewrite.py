@@ -54,6 +54,7 @@ __all__ = [
     "RewriteRecord",
     "RewriteError",
     "apply_rules",
+    "exclusive_reason",
     "fold",
     "same_type",
     "node_id",
@@ -239,6 +240,20 @@ RewriteFn = Callable[[Match, "Rewriter"], Union[Value, Sequence[Union[Value, Non
 CheckFn = Callable[[Match], Union[str, None]]
 
 
+def exclusive_reason(nodes: Sequence[Node]) -> str | None:
+    """Why the matched ``nodes`` (root first) are not exclusive: a non-root output that is a
+    graph output or is used outside the match. None when they are."""
+    inside = {id(n) for n in nodes}
+    for n in nodes[1:]:
+        for o in n.outputs:
+            if o.is_output:
+                return f"%{o.name} of {n.label()} is a graph output"
+            for u, _ in o.uses:
+                if id(u) not in inside:
+                    return f"%{o.name} of {n.label()} is also used by {u.label()}"
+    return None
+
+
 @dataclass(frozen=True)
 class Rule:
     """A rewrite rule: ``pattern``, an optional ``check`` (returns why the rule does not apply,
@@ -265,14 +280,9 @@ class Rule:
         nodes = list({id(n): n for n in st.nodes}.values())
         m = Match(node, nodes, st.values, st.named)
         if self.exclusive:
-            inside = {id(n) for n in nodes}
-            for n in nodes[1:]:
-                for o in n.outputs:
-                    if o.is_output:
-                        return f"%{o.name} of {n.label()} is a graph output"
-                    for u, _ in o.uses:
-                        if id(u) not in inside:
-                            return f"%{o.name} of {n.label()} is also used by {u.label()}"
+            reason = exclusive_reason(nodes)
+            if reason:
+                return reason
         if self.check is not None:
             reason = self.check(m)
             if reason:

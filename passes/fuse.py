@@ -1,8 +1,13 @@
 """``fuse``: rewrite operator chains into the fused operators a target runs as one kernel.
 
-The rule set is empty until the target work fills it: a fusion is a
-:class:`~compiler.rewrite.Rule` registered with :func:`register_fusion` at a ``level``
-(1 = always safe, 2 = aggressive). ``fuse{level=N}`` applies the rules of level N and below.
+A fusion is a :class:`~compiler.rewrite.Rule` registered with :func:`register_fusion` at a
+``level`` (1 = always safe, 2 = aggressive), one rule set per file in ``passes/fusions/``.
+``fuse{level=N}``:
+
+1. raises the default-domain opset to 20 when it is older (``passes/fusions/opset.py``: the
+   fused ops are recent ONNX ops);
+2. applies the rules of level N and below to a fixpoint;
+3. marks units (attention, SiLU, RMSNorm) in ``meta["unit"]`` (``passes/fusions/units.py``).
 """
 
 from __future__ import annotations
@@ -36,10 +41,18 @@ class Fuse(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         """Apply the rules."""
         import passes.fusions  # noqa: F401  (registers the rule sets)
+        from passes.fusions.opset import upgrade_opset
+        from passes.fusions.units import annotate_units
 
         rules = RuleSet(f"fusion<={self.level}",
                         [r for lvl in sorted(FUSIONS) if lvl <= self.level for r in FUSIONS[lvl]])
         if not len(rules):
             return PassResult(False)
-        stats = apply_rules(graph, rules, ctx)
-        return PassResult(bool(stats), dict(stats))
+        stats = upgrade_opset(graph, ctx)
+        stats.update(apply_rules(graph, rules, ctx))
+        before = {id(n): n.meta.get("unit") for n in graph.nodes}
+        units = annotate_units(graph)
+        marked = any(n.meta.get("unit") != before.get(id(n)) for n in graph.nodes)
+        stats.update({f"units.{k}": v for k, v in units.items()})
+        return PassResult(bool(stats) and (marked or any(
+            not k.startswith("units.") for k in stats)), dict(stats))

@@ -61,6 +61,17 @@ MATMUL_ADD_TO_GEMM = register_fusion(Rule(
     lambda m, rw: _gemm(m, rw, m.const("b")), _check, exclusive=True,
     doc="MatMul(x, const W) + const b -> Gemm (with reshapes for rank > 2)"))
 
+def _check_alone(m: Match) -> str | None:
+    """``matmul-to-gemm`` leaves a MatMul whose only consumer is a bias Add to
+    ``matmul-add-to-gemm`` (rules visit nodes in order, so the MatMul comes first)."""
+    out = m.root.outputs[0]
+    if len(out.uses) == 1 and not out.is_output:
+        user = out.uses[0][0]
+        if user.op == "Add" and MATMUL_ADD_TO_GEMM.match(user) is not None:
+            return f"its bias Add {user.label()} fuses with it (matmul-add-to-gemm)"
+    return _check(m)
+
+
 MATMUL_TO_GEMM = register_fusion(Rule(
-    "matmul-to-gemm", Pat("MatMul", "x", "w"), lambda m, rw: _gemm(m, rw, None), _check,
+    "matmul-to-gemm", Pat("MatMul", "x", "w"), lambda m, rw: _gemm(m, rw, None), _check_alone,
     doc="MatMul(x, const W) -> Gemm (with reshapes for rank > 2)"))

@@ -249,6 +249,12 @@ class Quantize(Pass):
             if n.op in ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"):
                 keep(n.inputs[0], f"input of {n.op} {n.label()} (residual stream)")
                 keep(n.outputs[0], f"output of {n.op} {n.label()}")
+            if n.meta.get("fused") == "RMSNormalization":  # fuse's canonical written-out form
+                from passes.fusions.units import rms_input
+
+                unit = n.meta.get("unit", "RMSNorm")
+                keep(rms_input(n), f"input of {unit} (residual stream)")
+                keep(n.outputs[0], f"output of {unit} {n.label()}")
         for name, st in stats.items():
             if name in wide:
                 continue
