@@ -22,6 +22,7 @@ _TABLE: dict[str, str | type[Pass]] = {
     "eliminate-common-subexpressions":
         "passes.eliminate_common_subexpressions:EliminateCommonSubexpressions",
     "eliminate-dead-code": "passes.eliminate_dead_code:EliminateDeadCode",
+    "equalize": "passes.quant.equalize:Equalize",
     "fold-constants": "passes.fold_constants:FoldConstants",
     "fuse": "passes.fuse:Fuse",
     "infer-shapes": "passes.infer_shapes:InferShapes",
@@ -29,6 +30,7 @@ _TABLE: dict[str, str | type[Pass]] = {
     "quantize": "passes.quant.quantize:Quantize",
     "remove-noops": "passes.remove_noops:RemoveNoops",
     "simplify-algebra": "passes.simplify_algebra:SimplifyAlgebra",
+    "smooth-quant": "passes.quant.smooth:SmoothQuant",
     "sort-topologically": "passes.sort_topologically:SortTopologically",
 }
 

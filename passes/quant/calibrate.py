@@ -25,7 +25,7 @@ from compiler.ir import Graph, Value
 from compiler.passes import Pass, PassContext, PassResult, option
 from passes.quant.observers import Observer, RangeStats
 
-__all__ = ["Calibrate", "CALIBRATION_KEY", "activation_values", "calibration_of"]
+__all__ = ["Calibrate", "CALIBRATION_KEY", "activation_values", "calibration_of", "check_batch"]
 
 CALIBRATION_KEY = "_calibration"
 
@@ -82,7 +82,7 @@ class _Moments:
         return self.sum / self.count, self.sq / self.count
 
 
-def _check_batch(graph: Graph, i: int, batch: Any) -> dict[str, np.ndarray]:
+def check_batch(graph: Graph, i: int, batch: Any) -> dict[str, np.ndarray]:
     if not isinstance(batch, dict):
         raise QuantizationError(f"calibration batch {i} must map input names to arrays, not "
                                 f"{type(batch).__name__}")
@@ -151,7 +151,7 @@ class Calibrate(Pass):
                        file=sys.stderr)
         try:
             for i, batch in enumerate(batches):
-                feed = _check_batch(graph, i, batch)
+                feed = check_batch(graph, i, batch)
                 got = runner.run(feed)
                 for n in names:  # graph order: the first bad tensor is the one reported
                     try:
