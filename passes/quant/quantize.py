@@ -438,6 +438,8 @@ class Quantize(Pass):
                     continue
                 b = out_bits
                 users = consumers.get(id(v), [])
+                if rules.silu_gate_bits and n.op == "Sigmoid" and _gates_own_input(n, users):
+                    b = min(b, rules.silu_gate_bits)
                 if (len(users) == 1 and users[0].op in rules.fused_activations
                         and v not in graph.outputs and v.name not in wide):
                     continue  # the target fuses the activation into this node
@@ -481,6 +483,13 @@ def _residual_branches(norm_in: Value | None) -> list[tuple[Value, Node]]:
         if v is not None and v.producer is not None and v.producer.op in _LINEAR:
             out.extend((c, v.producer) for c in [v, *chain])
     return out
+
+
+def _gates_own_input(sig: Node, users: list[Node]) -> bool:
+    """``sig`` is the gate of a SiLU: a Mul multiplies its output by its own input."""
+    x = sig.inputs[0]
+    return bool(users) and all(
+        u.op == "Mul" and x is not None and x in u.inputs for u in users)
 
 
 def _feeds_softmax(node: Node) -> bool:

@@ -34,6 +34,8 @@ class QuantRules:
     - ``fused_activations``: ops a producer absorbs (``Relu``): the producer's output gets no
       encoding of its own when such an op is its only consumer;
     - ``block_quant_ops``: ops whose weights may be quantized per block;
+    - ``silu_gate_bits``: width cap for a Sigmoid output that gates its own input
+      (SiLU ``x·sigmoid(x)``), where a target computes the wide form wrong;
     - allowed widths per role.
     """
 
@@ -48,6 +50,7 @@ class QuantRules:
     fixed_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     fused_activations: frozenset[str] = frozenset()
     block_quant_ops: frozenset[str] = frozenset()
+    silu_gate_bits: int | None = None
     #: ops the target cannot run with 16-bit weights when activations are 16-bit, etc.: free
     #: notes the quantizer copies into its report
     notes: tuple[str, ...] = ()
