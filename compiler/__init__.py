@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["compile", "CompiledModel"]
+from compiler.estimate import estimate
+
+__all__ = ["compile", "CompiledModel", "estimate"]
 
 
 def __getattr__(name: str) -> Any:

@@ -134,18 +134,9 @@ def _verify(cm: CompiledModel, fp32: Any, feeds: list[dict[str, np.ndarray]]
 
 
 def _macs(graph: Any) -> int:
-    total = 0
-    for n in graph.nodes:
-        if n.op in ("Conv", "ConvTranspose") and len(n.inputs) > 1 and n.inputs[1] is not None:
-            w, y = n.inputs[1].shape, n.outputs[0].shape
-            if w and y and all(isinstance(d, int) for d in (*w, *y)):
-                total += int(np.prod(y)) * int(np.prod(w[1:]))
-        elif n.op in ("MatMul", "Gemm") and n.inputs[0] is not None:
-            a, y = n.inputs[0].shape, n.outputs[0].shape
-            if a and y and all(isinstance(d, int) for d in (*a, *y)):
-                k = a[0] if n.op == "Gemm" and n.attr("transA", 0) else a[-1]
-                total += int(np.prod(y)) * int(k)
-    return total
+    from targets.cost import node_macs
+
+    return sum(node_macs(n) for n in graph.nodes)
 
 
 def compile(model: Any, example_inputs: Any = None, *, target: str = "htp-v75",

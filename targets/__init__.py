@@ -1,4 +1,5 @@
-"""Targets: ``htp-v68`` ... ``htp-v81`` (Hexagon NPU, through QNN) and ``cpu`` (the reference).
+"""Targets: ``htp-v68`` ... ``htp-v81`` (Hexagon NPU, through QNN), ``cpu`` (the reference) and
+``gpu-adreno`` (a capability and cost descriptor only).
 
 :func:`get_target` turns a name (or a SoC name users know, such as ``snapdragon-8-gen-3``) into
 a target object; anything else is refused with a ``TargetError`` that lists the valid names
@@ -18,7 +19,7 @@ def target_names() -> list[str]:
     """Every valid target name."""
     from targets.hexagon_htp.target import DEVICES, SOC_ARCH
 
-    return ["cpu", *(f"htp-v{a}" for a in DEVICES), *sorted(SOC_ARCH)]
+    return ["cpu", "gpu-adreno", *(f"htp-v{a}" for a in DEVICES), *sorted(SOC_ARCH)]
 
 
 def get_target(name: str) -> Any:
@@ -30,6 +31,10 @@ def get_target(name: str) -> Any:
         from targets.cpu import CpuTarget
 
         return CpuTarget()
+    if key == "gpu-adreno":
+        from targets.gpu_adreno import GpuTarget
+
+        return GpuTarget()
     if key in SOC_ARCH:
         return HtpTarget(SOC_ARCH[key])
     if key.startswith("htp-v") and key[5:] in DEVICES:

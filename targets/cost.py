@@ -7,18 +7,26 @@ For one node on one device at one precision key (``a8w8``, ``a16w8``, ``a16w16``
                + element_ops / (ELEMENT_OPS_PER_CYCLE[family][key] * clock_hz)
     bytes      = activations in + activations out + constants (weights, biases),
                  each at its encoded width (encoding bits, else the key's width, else dtype)
-    memory_s   = bytes / dram_bytes_per_s
+    dram_bytes = constants + graph inputs/outputs
+                 + intermediate activations, only if the node's activation working set does
+                   not fit the device's on-chip memory (``vtcm_bytes``)
+    memory_s   = dram_bytes / dram_bytes_per_s
     seconds    = max(compute_s, memory_s) + op_overhead_s
     graph      = sum(seconds) + graph_overhead_s
+
+On the HTP, grouped and depthwise convolutions run at the HVX lane rate (the HMX matrix unit
+needs a dense reduction over input channels), and the activations in
+:data:`FUSED_ACTIVATIONS` that follow a Conv/Gemm/MatMul/Add cost nothing.
 
 The device numbers (``macs_per_cycle``, ``clock_hz``, ``dram_bytes_per_s``, the overheads) are
 rows of a :class:`~targets.base.DeviceSpec`; each table documents its own sources
 (``targets/hexagon_htp/target.py``, ``targets/cpu/__init__.py``,
 ``targets/gpu_adreno/__init__.py``). The constants of this module and where they come from:
 
-- :data:`ELEMENT_OPS_PER_CYCLE`: vector lanes per cycle for element-wise work. HTP: the HVX
-  unit has 1024-bit vectors (128 int8 lanes) and 4 vector contexts on v68 and later (Qualcomm
-  Hexagon V68+ HVX programmer's reference) -> 512 8-bit or 256 16-bit lanes per cycle.
+- :data:`ELEMENT_OPS_PER_CYCLE`: vector lanes per cycle for element-wise work. HTP: HVX vectors are
+  1024 bits (128 int8 lanes) and 4 hardware threads issue vector work (Qualcomm's HVX
+  programmer's reference for V6x) -> 512 8-bit or 256 16-bit lanes per cycle; architecture
+  arithmetic, not measured.
   CPU: 4 x 128-bit NEON pipes (Cortex-X4 / Oryon) -> 16 fp32 or 64 int8 lanes.
   GPU: the FP32 ALU count of an Adreno 750-class part (``targets/gpu_adreno``), twice that
   at fp16. Element-wise ops are memory bound on all three, so these numbers rarely decide.
@@ -35,15 +43,22 @@ rows of a :class:`~targets.base.DeviceSpec`; each table documents its own source
   so a tensor crossing devices is written by one and read by the other at the slower of the two
   DRAM bandwidths, plus a synchronisation latency taken as the receiving device's per-graph
   launch overhead (``graph_overhead_s``: one more partition launch).
+- On-chip residency: QNN keeps intermediate activations in VTCM when they fit (8 MB on v69+;
+  ResNet-50's largest activation is 0.8 MB at 8 bits) and streams weights from DRAM. With the
+  earlier HTP table, charging every activation at DRAM bandwidth predicted ResNet-50 W8A8 on
+  v79 at 1.06 ms against the published 0.53 ms, and made MobileNetV2 DRAM-bound everywhere.
 
-What the model leaves out, by design: on-chip reuse (VTCM / caches keep small activations off
-DRAM), tiling and layout padding (channel counts not a multiple of 32 waste HTP lanes),
-overlap of transfers with compute, and thermal throttling. It is a placement signal, calibrated
-on published whole-model latencies (``benchmarks/cost.py``), not a simulator.
+What the model leaves out, by design: weight prefetch overlapping earlier layers' compute (each
+node is its own roofline), tiling and layout padding (channel counts not a multiple of 32
+waste HTP lanes), graph I/O conversion (QNN's input QuantizeLinear and layout transposes: 23-31%
+of simulated cycles on the small zoo models), overlap of transfers with compute, and thermal
+throttling. It is a placement signal, calibrated on published whole-model latencies
+(``benchmarks/cost.py``), not a simulator.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -68,6 +83,8 @@ __all__ = [
     "scheme_key",
     "device_of",
     "node_cost",
+    "node_names",
+    "is_fused_activation",
     "transfer_cost",
     "graph_cost",
 ]
@@ -395,7 +412,7 @@ def transfer_cost(nbytes: int, src: Any, dst: Any) -> float:
     return nbytes / min(s.dram_bytes_per_s, d.dram_bytes_per_s) + d.graph_overhead_s
 
 
-def _fused(node: Node) -> bool:
+def is_fused_activation(node: Node) -> bool:
     """Whether ``node`` is an activation the HTP runs inside its single-consumer producer."""
     if node.op not in FUSED_ACTIVATIONS or not node.inputs or node.inputs[0] is None:
         return False
@@ -404,10 +421,28 @@ def _fused(node: Node) -> bool:
             and len(x.uses) == 1 and not x.is_output)
 
 
+def node_names(graph: Graph) -> dict[int, str]:
+    """A name per node: its own, else its first output's (deduplicated), the rule the HTP
+    emitter uses to name nodes, so costs line up with simulator profile rows."""
+    taken = {n.name for n in graph.nodes if n.name}
+    out: dict[int, str] = {}
+    for n in graph.nodes:
+        name = n.name
+        if not name:
+            base = n.outputs[0].name if n.outputs and n.outputs[0] is not None else n.op
+            name, i = base, 1
+            while name in taken:
+                name, i = f"{base}_{i}", i + 1
+            taken.add(name)
+        out[id(n)] = name
+    return out
+
+
 def graph_cost(graph: Graph, target: Any, default_key: str | None = None) -> GraphCost:
     """Cost of every node of ``graph`` on ``target`` plus the per-graph overhead.
 
-    Each node's precision comes from its encodings (:func:`precision_key`); nodes without any
+    Unnamed nodes are named after their first output (as the HTP emitter names them). Each
+    node's precision comes from its encodings (:func:`precision_key`); nodes without any
     encoding run at ``default_key`` (default: the device's float key, ``fp16`` on the HTP and
     the GPU, ``fp32`` on the CPU). On the HTP, activations in :data:`FUSED_ACTIVATIONS` that
     follow a Conv/Gemm/MatMul/Add cost nothing (``bound == "fused"``).
@@ -416,14 +451,17 @@ def graph_cost(graph: Graph, target: Any, default_key: str | None = None) -> Gra
     default = default_key or _float_key(device)
     _resolve(device, default)
     fuse = _family(device) == "htp"
+    names = node_names(graph)
     out: list[NodeCost] = []
     for n in graph.nodes:
         key = precision_key(n, default)
-        if fuse and _fused(n):
+        name = names[id(n)]
+        if fuse and is_fused_activation(n):
             k = _resolve(device, key)
-            out.append(NodeCost(n.name, n.op, k, 0, node_element_ops(n), 0, 0, 0, 0.0, 0.0,
+            out.append(NodeCost(name, n.op, k, 0, node_element_ops(n), 0, 0, 0, 0.0, 0.0,
                                 0.0, 0.0, "fused"))
             continue
-        out.append(node_cost(n, device, key))
+        c = node_cost(n, device, key)
+        out.append(c if c.name == name else dataclasses.replace(c, name=name))
     return GraphCost(device.name, tuple(out), device.graph_overhead_s)
 

@@ -5,7 +5,7 @@ torchvision's definitions (``torchvision/models/resnet.py``: BasicBlock/Bottlene
 stride on the 3x3 conv, "ResNet v1.5"; ``torchvision/models/mobilenetv2.py``: width 1.0,
 inverted-residual settings ``t, c, n, s`` below, ReLU6, last channel 1280). Weights are random
 (a fixed seed): the cost model only needs shapes. Reference counts at 1x3x224x224, used by the
-tests as exact checks: ResNet-18 1,814,083,944 MACs (torchvision lists 1.81 GFLOPS, i.e.
+tests as exact checks: ResNet-18 1,814,073,344 MACs (torchvision lists 1.81 GFLOPS, i.e.
 GMACs), ResNet-50 4,089,184,256 (4.09), MobileNetV2 300,774,272 (0.30), of which the
 classifier ``Linear`` is 512,000 / 2,048,000 / 1,280,000.
 """
