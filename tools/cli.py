@@ -104,10 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     from tools.compile_cmd import add_compile_parser
     from tools.debug_cmds import add_debug_parsers
     from tools.inspect_cmd import add_inspect_parser
+    from tools.viz.cli import add_parser as add_viz_parser
 
     add_compile_parser(sub)
     add_debug_parsers(sub)
     add_inspect_parser(sub)
+    add_viz_parser(sub)
 
     d = sub.add_parser("demo", help="compile the bundled example and print the report")
     d.add_argument("-o", "--output", default="demo_out", help="output folder")
