@@ -27,6 +27,7 @@ _TABLE: dict[str, str | type[Pass]] = {
     "fuse": "passes.fuse:Fuse",
     "infer-shapes": "passes.infer_shapes:InferShapes",
     "lower-group-norm": "passes.lower_group_norm:LowerGroupNorm",
+    "lower-layer-norm": "passes.lower_layer_norm:LowerLayerNorm",
     "quantize": "passes.quant.quantize:Quantize",
     "remove-noops": "passes.remove_noops:RemoveNoops",
     "simplify-algebra": "passes.simplify_algebra:SimplifyAlgebra",

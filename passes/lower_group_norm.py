@@ -18,7 +18,7 @@ from compiler.ir import Graph, Value
 from compiler.passes import Pass, PassContext, PassResult
 from compiler.rewrite import Match, Pat, Rewriter, Rule, apply_rules
 
-__all__ = ["LowerGroupNorm", "LOWER_INSTANCE_NORM"]
+__all__ = ["LowerGroupNorm", "LOWER_INSTANCE_NORM", "normalize"]
 
 
 def _check(m: Match) -> str | None:
@@ -31,7 +31,8 @@ def _check(m: Match) -> str | None:
     return None
 
 
-def _normalize(rw: Rewriter, x: Value, axes: list[int], eps: float) -> Value:
+def normalize(rw: Rewriter, x: Value, axes: list[int], eps: float) -> Value:
+    """``(x - mean) / sqrt(var + eps)`` over ``axes`` as reductions."""
     ax = rw.const(np.array(axes, np.int64), "axes")
     mean = rw.op("ReduceMean", [x, ax], {"keepdims": 1})
     d = rw.op("Sub", [x, mean])
@@ -45,7 +46,7 @@ def _rewrite(m: Match, rw: Rewriter) -> Value:
     rank = x.type.rank
     assert rank is not None
     eps = float(m.root.attr("epsilon", 1e-5))
-    y = _normalize(rw, x, list(range(2, rank)), eps)
+    y = normalize(rw, x, list(range(2, rank)), eps)
     shape = (-1,) + (1,) * (rank - 2)
     scale = np.asarray(m.const("scale"), np.float32).reshape(shape)
     bias = np.asarray(m.const("bias"), np.float32).reshape(shape)

@@ -117,8 +117,11 @@ def default_pipeline(precision: str, method: str = "mse") -> str:
     """The pass pipeline ``compile()`` runs for the HTP at ``precision``."""
     if precision in ("fp16", "fp32"):
         return "canonicalize,fuse,lower-group-norm,canonicalize"
-    return (f"canonicalize,fuse,lower-group-norm,canonicalize,calibrate{{method={method}}},"
-            f"quantize{{scheme={precision}}}")
+    # 16-bit activations: a LayerNorm over exactly 16 rows feeding a Gemm miscomputes on the
+    # HTP (passes/lower_layer_norm.py); written as reductions it agrees
+    lower = ",lower-layer-norm{rows=16}" if precision in ("w8a16", "w4a16") else ""
+    return (f"canonicalize,fuse,lower-group-norm{lower},canonicalize,"
+            f"calibrate{{method={method}}},quantize{{scheme={precision}}}")
 
 
 @dataclass(frozen=True)

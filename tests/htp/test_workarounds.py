@@ -1,0 +1,93 @@
+"""Two HTP miscomputations found with the simulator, and the workarounds edgec applies: each
+test builds the smallest model that shows the problem and checks that the compiled context
+agrees with the same quantized graph on the CPU reference."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import compiler
+from compiler.frontends import load_torch
+from compiler.passes import PassManager
+from compiler.reference import run_reference
+
+pytestmark = pytest.mark.htp
+
+
+class _AddSiLU(nn.Module):
+    """``a = x + c; y = a * sigmoid(a)`` over [1, 64, 8, 8]: a GroupNorm's shift, then SiLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Parameter(torch.linspace(-0.2, 0.2, 64).reshape(64, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = x + self.c
+        return a * torch.sigmoid(a)
+
+
+class _NormLinear(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, d)
+        with torch.no_grad():
+            self.ln.weight.uniform_(0.5, 1.5)
+            self.ln.bias.uniform_(-0.3, 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.ln(x))
+
+
+def _agreement(model: nn.Module, shape: tuple[int, ...], **kw: object) -> float:
+    gen = torch.Generator().manual_seed(0)
+    cal = [(torch.randn(*shape, generator=gen) * 2,) for _ in range(4)]
+    cm = compiler.compile(model.eval(), cal[0], precision="w8a16", calibration_data=cal,
+                          **kw)  # type: ignore[arg-type]
+    return float(cm.report["summary"]["target_vs_cpu_qdq_db"])
+
+
+def test_silu_gate_after_an_add_agrees_at_w8a16() -> None:
+    assert _agreement(_AddSiLU(), (1, 64, 8, 8)) > 40
+
+
+def test_silu_gate_at_16_bits_is_the_known_miscomputation() -> None:
+    """Without the 8-bit gate rule the HTP disagrees: the rule is still needed."""
+    from targets.hexagon_htp import target as htp
+
+    rules = dataclasses.replace(htp.HtpTarget("75").quant_rules, silu_gate_bits=None)
+    model = _AddSiLU().eval()
+    gen = torch.Generator().manual_seed(0)
+    cal = [(torch.randn(1, 64, 8, 8, generator=gen) * 2,) for _ in range(4)]
+    orig = htp.HtpTarget.quant_rules
+    try:
+        htp.HtpTarget.quant_rules = property(lambda self: rules)  # type: ignore[assignment]
+        cm = compiler.compile(model, cal[0], precision="w8a16", calibration_data=cal)
+    finally:
+        htp.HtpTarget.quant_rules = orig  # type: ignore[method-assign]
+    assert cm.report["summary"]["target_vs_cpu_qdq_db"] < 10
+    assert cm.report["warnings"]
+
+
+@pytest.mark.parametrize("rows", [16, 32])
+def test_layer_norm_then_linear_agrees_at_w8a16(rows: int) -> None:
+    assert _agreement(_NormLinear(64), (1, rows, 64)) > 40
+
+
+def test_lower_layer_norm_is_exact_and_filters_by_rows() -> None:
+    model = _NormLinear(32).eval()
+    for rows, lowered in ((16, True), (8, False)):
+        x = torch.randn(1, rows, 32)
+        g = load_torch(model, (x,))
+        before = g.copy()
+        PassManager("lower-layer-norm{rows=16}").run(g)
+        assert ("LayerNormalization" in {n.op for n in g.nodes}) is not lowered
+        want = run_reference(before, [x.numpy()])
+        got = run_reference(g, [x.numpy()])
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5)
