@@ -4,6 +4,14 @@
 after every pass, then per node of the final graph (SQNR, cosine, max abs), and names the
 first node where the error jumps.
 
+``drift --target htp-vXX`` (or ``--stages``) compares three stages per node instead: the FP32
+model, the quantized (QDQ) graph on the CPU reference and the HTP simulator, aligned by value
+name and provenance (:func:`compiler.numerics.stage_drift`). It names the first node where the
+HTP computes differently from the CPU QDQ reference, and ``--repro DIR`` writes the smallest
+window of nodes ending there that still disagrees when compiled alone (``repro.ir``,
+``repro.onnx``, ``inputs.npz``) with the command that re-runs it. A MODEL that already carries
+encodings is compared as is (that is how a repro is re-run).
+
 ``bisect`` finds the first pass after which the outputs break a threshold, then, inside it,
 the first rewrite that breaks it (binary search over ``--bisect-limit``) or, for a pass that
 does not work through rewrites (quantization sets encodings), the node where error jumps.
@@ -14,21 +22,26 @@ the threshold is broken (0 when no pass breaks it), so scripts can gate on it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-__all__ = ["add_debug_parsers", "run_drift", "run_bisect"]
+__all__ = ["add_debug_parsers", "run_drift", "run_stage_drift", "run_bisect"]
 
 _METRICS = ("sqnr", "cosine")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, *, pipeline_required: bool = True) -> None:
     p.add_argument("model", help="MODEL.onnx, MODEL.ir or file.py:factory")
-    p.add_argument("-p", "--pipeline", required=True, help="pass pipeline string")
+    p.add_argument("-p", "--pipeline", required=pipeline_required,
+                   help="pass pipeline string" + ("" if pipeline_required else
+                                                  " (default with --target: the target's "
+                                                  "pipeline for --precision)"))
     p.add_argument("--calib", required=True, metavar="INPUTS.npz",
                    help="input samples: one array per graph input, leading axis = samples")
     p.add_argument("--frontend", choices=["auto", "fx", "onnx"], default="auto")
@@ -37,12 +50,34 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_debug_parsers(sub: Any) -> None:
     """Register ``drift`` and ``bisect`` on the CLI's subparsers."""
-    d = sub.add_parser("drift", help="error against FP32 after every pass and per node")
-    _common(d)
+    d = sub.add_parser("drift", help="error against FP32 after every pass and per node; "
+                                     "with --target htp-*, FP32 vs CPU QDQ vs HTP per node")
+    _common(d, pipeline_required=False)
     d.add_argument("--nodes", type=int, default=200,
                    help="measure at most this many node outputs, evenly spread")
     d.add_argument("--jump-db", type=float, default=6.0,
                    help="an SQNR drop this large at one node counts as a jump")
+    d.add_argument("--target", help="compile for this target (htp-v75, ...): its quantization "
+                                    "rules and default pipeline; an HTP target compares "
+                                    "stages unless -p is given without --stages")
+    d.add_argument("--precision", default="w8a16",
+                   choices=["w8a8", "w8a16", "w4a16", "fp16", "fp32"],
+                   help="precision of the target's default pipeline (default w8a16)")
+    d.add_argument("--stages", action="store_true",
+                   help="compare FP32, the QDQ graph on the CPU and the HTP simulator per node "
+                        "(an already quantized MODEL is taken as is)")
+    d.add_argument("--repro", metavar="DIR",
+                   help="write the minimal window of nodes that still disagrees on the HTP "
+                        "(repro.ir, repro.onnx, inputs.npz) to DIR; implies --stages")
+    d.add_argument("--agree-db", type=float, default=20.0,
+                   help="HTP vs CPU QDQ below this SQNR (and 10 dB under the node's own "
+                        "CPU-vs-FP32 SQNR) counts as a disagreement (default 20)")
+    d.add_argument("--samples", type=int, default=2,
+                   help="compare on the first N input samples (all of them calibrate)")
+    d.add_argument("--worst", type=int, default=5,
+                   help="rows shown besides the first jump and first disagreement: the N "
+                        "worst HTP-vs-CPU agreements")
+    d.add_argument("--all", action="store_true", help="show every node in the stage table")
     d.set_defaults(func=run_drift)
 
     b = sub.add_parser("bisect", help="first pass, then first rewrite or node, that breaks "
@@ -58,24 +93,42 @@ def _setup(args: argparse.Namespace) -> tuple[Any, list[dict[str, Any]]]:
     from compiler.passes import parse_pipeline
     from tools.loading import load_inputs, load_model
 
-    parse_pipeline(args.pipeline)  # fail on a bad pipeline before loading anything
+    if args.pipeline is not None:
+        parse_pipeline(args.pipeline)  # fail on a bad pipeline before loading anything
     graph = load_model(args.model, frontend=args.frontend)
     return graph, load_inputs(args.calib, graph)
 
 
 def _db(x: float) -> str:
-    return "inf" if math.isinf(x) else f"{x:.2f}"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:.2f}"
+
+
+def _stages_mode(args: argparse.Namespace) -> bool:
+    return bool(args.stages or args.repro or (args.target and args.pipeline is None))
 
 
 def run_drift(args: argparse.Namespace) -> int:
     """``edgec drift``."""
+    from compiler.errors import EdgecError
     from compiler.numerics import DriftInstrument, first_jump, node_drift
     from compiler.passes import PassContext, PassManager
 
+    if _stages_mode(args):
+        return run_stage_drift(args)
+    if args.pipeline is None:
+        raise EdgecError("edgec drift: give -p PIPELINE, or --target TARGET to compare the "
+                         "FP32, CPU QDQ and HTP stages")
     graph, feeds = _setup(args)
     fp32 = graph.copy()
     drift = DriftInstrument(feeds)
-    ctx = PassContext(calibration=feeds, progress=sys.stderr.isatty())
+    options: dict[str, Any] = {}
+    if args.target:
+        from targets import get_target
+
+        options["quant_rules"] = get_target(args.target).quant_rules
+    ctx = PassContext(calibration=feeds, progress=sys.stderr.isatty(), options=options)
     PassManager(args.pipeline, instruments=[drift]).run(graph, ctx)
     rows = node_drift(fp32, graph, feeds, limit=args.nodes)
     jump = first_jump(rows, drop_db=args.jump_db)
@@ -98,6 +151,182 @@ def run_drift(args: argparse.Namespace) -> int:
         w(f"\nfirst jump: {jump.op} {jump.node!r} (module {jump.src or '?'}): "
           f"{_db(jump.metrics.sqnr_db)} dB after {jump.extra.get('input_sqnr_db')} dB in\n")
     return 0
+
+
+@contextlib.contextmanager
+def _native_stdout_to_stderr() -> Iterator[None]:
+    """Point file descriptor 1 at stderr meanwhile: the QNN simulator's native libraries print
+    banners straight to fd 1, which would corrupt ``--json`` on stdout."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no real fds (embedded use): nothing to protect
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # flush C stdio buffers written meanwhile
+            import ctypes
+
+            ctypes.CDLL(None).fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _stage_graphs(args: argparse.Namespace, tgt: Any) -> tuple[Any, Any, list[dict[str, Any]],
+                                                              str | None]:
+    """(FP32 graph, quantized graph, feeds, pipeline run or None). A MODEL that already carries
+    encodings (a saved repro, ``edgec opt -o`` after quantize) is taken as is, its FP32 twin
+    is the same graph without encodings."""
+    from compiler.passes import PassContext, PassManager
+
+    graph, feeds = _setup(args)
+    if any(v.encoding is not None for v in graph.values()):
+        fp32 = graph.copy()
+        for v in fp32.values():
+            v.encoding = None
+        return fp32, graph, feeds, None
+    fp32 = graph.copy()
+    pipeline = args.pipeline or tgt.default_pipeline(args.precision)
+    ctx = PassContext(target=tgt.name, calibration=feeds, progress=sys.stderr.isatty(),
+                      options={"quant_rules": tgt.quant_rules, "quant_overrides": {}})
+    PassManager(pipeline).run(graph, ctx)
+    return fp32, graph, feeds, pipeline
+
+
+def run_stage_drift(args: argparse.Namespace) -> int:
+    """``edgec drift --stages``: FP32 vs CPU QDQ vs HTP simulator per node, the first node
+    where the HTP and the CPU disagree, and (``--repro DIR``) its minimal repro."""
+    from compiler.errors import EdgecError
+    from compiler.numerics import (
+        disagreement_threshold,
+        first_disagreement,
+        minimal_repro,
+        stage_drift,
+        stage_first_jump,
+    )
+    from targets import get_target
+
+    tgt = get_target(args.target or "htp-v75")
+    if not tgt.name.startswith("htp-"):
+        raise EdgecError(f"edgec drift --stages compares against the HTP simulator; target "
+                         f"{tgt.name!r} is not an HTP target (use htp-v68 ... htp-v81)")
+    if args.samples < 1:
+        raise EdgecError(f"edgec drift: --samples must be at least 1, got {args.samples}")
+    if args.worst < 0:
+        raise EdgecError(f"edgec drift: --worst must be >= 0, got {args.worst}")
+    fp32, quant, feeds, pipeline = _stage_graphs(args, tgt)
+    sample = feeds[:args.samples]
+    with _native_stdout_to_stderr():
+        rows = stage_drift(fp32, quant, sample, arch=tgt.arch, threshold_db=args.agree_db)
+    dis = first_disagreement(rows, args.agree_db)
+    jump = stage_first_jump(rows, drop_db=args.jump_db)
+    repro = None
+    command = None
+    if args.repro and dis is not None:
+        with _native_stdout_to_stderr():
+            repro = minimal_repro(quant, dis.value, sample, tgt.arch,
+                                  threshold_db=disagreement_threshold(dis, args.agree_db),
+                                  out_dir=args.repro)
+        if repro is not None:
+            command = (f"edgec drift {shlex.quote(repro.files['ir'])} --target {tgt.name} "
+                       f"--stages --calib {shlex.quote(repro.files['inputs'])}")
+    result: dict[str, Any] = {
+        "mode": "stages", "target": tgt.name,
+        "precision": quant.meta.get("precision", args.precision if pipeline else None),
+        "pipeline": pipeline, "samples": len(sample), "threshold_db": args.agree_db,
+        "outputs": [v.name for v in quant.outputs],
+        "rows": [r.to_dict() for r in rows],
+        "first_jump": jump.to_dict() if jump else None,
+        "first_disagreement": dis.to_dict() if dis else None,
+        "repro": repro.to_dict() if repro else None, "reproduce": command}
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        return 0
+    _print_stages(args, rows, result, jump, dis, repro)
+    return 0
+
+
+def _print_stages(args: argparse.Namespace, rows: Sequence[Any], result: dict[str, Any],
+                  jump: Any, dis: Any, repro: Any) -> None:
+    w = sys.stdout.write
+    outputs = set(result["outputs"])
+    keep = set(range(len(rows))) if args.all else set()
+    if not args.all:
+        index = {id(r): i for i, r in enumerate(rows)}
+        for r in (jump, dis):
+            if r is not None:
+                keep.add(index[id(r)])
+        ranked = sorted((i for i, r in enumerate(rows) if r.agreement_db is not None),
+                        key=lambda i: rows[i].agreement_db)
+        keep.update(ranked[:args.worst])
+        keep.update(i for i, r in enumerate(rows) if r.value in outputs)
+
+    def db(m: Any) -> str:
+        return "-" if m is None else _db(m.sqnr_db)
+
+    w(f"{result['target']} {result['precision'] or ''}: {len(rows)} node outputs, "
+      f"{result['samples']} sample(s); SQNR in dB\n")
+    w(f"{'node':<28} {'op':<18} {'CPU/FP32':>9} {'HTP/FP32':>9}  {'HTP/CPU':>9} "
+      f"{'max|H-C|':>10}  {'where':<5} module\n")
+    hidden = 0
+    alone = False
+    for i, r in enumerate(rows):
+        if i not in keep:
+            hidden += 1
+            continue
+        if hidden:
+            w(f"  ... {hidden} row(s) hidden (--all shows them)\n")
+            hidden = 0
+        m = r.alone if r.alone is not None else r.htp_vs_cpu
+        star = "*" if r.alone is not None else " "
+        agree = db(m) + star
+        to_fp32 = db(r.alone_vs_fp32 if r.alone is not None else r.htp_vs_fp32) + star
+        alone = alone or r.alone is not None
+        marks = []
+        if dis is not None and r is dis:
+            marks.append("<-- HTP and CPU disagree first here")
+        if jump is not None and r is jump:
+            marks.append("<-- quantization error jumps here")
+        if r.value in outputs:
+            marks.append("(output)")
+        w(f"{r.node[:28]:<28} {r.op[:18]:<18} {db(r.cpu_vs_fp32):>9} {to_fp32:>10}"
+          f"{agree:>10}{'-' if m is None else f'{m.max_abs:.4g}':>10}  {r.placement[:5]:<5} "
+          f"{r.src}{'  ' + ' '.join(marks) if marks else ''}\n")
+    if hidden:
+        w(f"  ... {hidden} row(s) hidden (--all shows them)\n")
+    if alone:
+        w("* re-measured with the node and its producers compiled alone (exposing every value "
+          "as an output can change what the HTP computes)\n")
+    w("\n")
+    if jump is not None:
+        w(f"first jump of quantization error: {jump.op} {jump.node!r} (module "
+          f"{jump.src or '?'}): {db(jump.cpu_vs_fp32)} dB on the CPU after "
+          f"{jump.input_sqnr_db} dB in\n")
+    if dis is None:
+        worst = min((r for r in rows if r.agreement_db is not None),
+                    key=lambda r: r.agreement_db, default=None)
+        tail = (f" (lowest: {_db(worst.agreement_db)} dB at {worst.op} {worst.node!r})"
+                if worst is not None else "")
+        w(f"the HTP agrees with the CPU QDQ reference on every node{tail}\n")
+        if args.repro:
+            w("nothing to reproduce: no disagreement\n")
+        return
+    w(f"first HTP/CPU disagreement: {dis.op} {dis.node!r} (module {dis.src or '?'}): HTP vs "
+      f"CPU QDQ {_db(dis.agreement_db)} dB, CPU QDQ vs FP32 {db(dis.cpu_vs_fp32)} dB\n")
+    if args.repro and repro is None:
+        w("no repro: the node's producers compiled alone agree with the CPU\n")
+    elif repro is not None:
+        w(f"minimal repro: {len(repro.nodes)} node(s) "
+          f"{', '.join(f'{o} {n!r}' for o, n in zip(repro.ops, repro.nodes))}; HTP vs CPU "
+          f"{_db(repro.agreement.sqnr_db)} dB alone\n")
+        for k, path in sorted(repro.files.items()):
+            w(f"  {k:<7} {path}\n")
+        w(f"re-run: {result['reproduce']}\n")
+    elif not args.repro:
+        w("(--repro DIR writes the smallest window of nodes that still disagrees)\n")
 
 
 def _value(m: Any, metric: str) -> float:
