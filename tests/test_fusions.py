@@ -317,3 +317,25 @@ def test_opset14_vit_builds_one_htp_context(tmp_path) -> None:  # type: ignore[n
     s = cm.report["summary"]
     assert s["partitions"] == 1 and s["cpu_nodes"] == 0
     assert s["sqnr_db"] > 30
+
+
+def test_l2_normalize_becomes_lp_normalization() -> None:
+    text = textwrap.dedent("""
+        graph g(%x: f32[2,8]) -> (%y) opset(ai.onnx=20) {
+          %axes = const i64[1] = [1]
+          %eps = const f32[] = [1e-12]
+          %shape = const i64[2] = [2, 8]
+          %n = ReduceL2(%x, %axes) {keepdims=1} : f32[2,1]
+          %c = Clip(%n, %eps) : f32[2,1]
+          %e = Expand(%c, %shape) : f32[2,8]
+          %y = Div(%x, %e) : f32[2,8]
+        }
+    """).lstrip("\n")
+    _, g, ctx = _run(text)
+    assert ops(g) == {"LpNormalization": 1}
+    node = next(iter(g.nodes))
+    assert node.attr("axis") == 1 and node.attr("p") == 2
+    # dividing by the norm of another tensor is not a normalization
+    _, g2, _ = _run(text.replace("%n = ReduceL2(%x,", "%x2 = Mul(%x, %x) : f32[2,8]\n"
+                                 "  %n = ReduceL2(%x2,"))
+    assert "LpNormalization" not in ops(g2)

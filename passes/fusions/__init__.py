@@ -4,6 +4,6 @@
 ``FUSIONS`` before the first ``fuse`` runs.
 """
 
-from passes.fusions import activations, bias, fold_batch_norm, matmul_to_gemm, norms
+from passes.fusions import activations, bias, fold_batch_norm, l2norm, matmul_to_gemm, norms
 
-__all__ = ["activations", "bias", "fold_batch_norm", "matmul_to_gemm", "norms"]
+__all__ = ["activations", "bias", "fold_batch_norm", "l2norm", "matmul_to_gemm", "norms"]
