@@ -5,6 +5,11 @@
     cm.run(x)           # runs the artifact: HTP parts on the simulator, the rest on ORT CPU
     cm.report           # JSON-serialisable; cm.report["summary"] has the headline numbers
     cm.save("elsewhere"), cm.artifacts
+
+    # cost-driven placement over the NPU and the CPU, with user pins
+    cm = compiler.compile(module, (x,), target=["htp-v75", "cpu"],
+                          placement={"layers.0.*": "cpu"}, calibration_data=[(x1,), (x2,)])
+    cm.report["placement"]   # per node target, reason, predicted cost; per partition latency
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from compiler.errors import EdgecError, ModelLoadError, QuantizationError
+from compiler.errors import EdgecError, ModelLoadError, QuantizationError, TargetError
 
 __all__ = ["compile", "CompiledModel"]
 
@@ -96,6 +101,15 @@ class CompiledModel:
 
             res = run_reference(self.graph, feed)
             return [res[v.name] for v in self.graph.outputs]
+        if self.report.get("num_contexts", 1) == 0:
+            # nothing was placed on the NPU: a plain ONNX model for ORT's CPU EP (the QNN EP
+            # must not see it, or it would take the nodes)
+            import onnxruntime as ort
+
+            sess = ort.InferenceSession(str(self.artifacts["model"]),
+                                        providers=["CPUExecutionProvider"])
+            names = [o.name for o in sess.get_outputs()]
+            return [np.asarray(v) for v in sess.run(names, feed)]
         from targets.hexagon_htp import qnn
 
         r = qnn.run_context(self.artifacts["model"], feed)
@@ -139,24 +153,81 @@ def _macs(graph: Any) -> int:
     return sum(node_macs(n) for n in graph.nodes)
 
 
-def compile(model: Any, example_inputs: Any = None, *, target: str = "htp-v75",
+def _add_to_report_file(path: Path, key: str, value: Any) -> None:
+    """Add ``key`` to the artifact's ``report.json`` (atomically, deterministically)."""
+    import json
+
+    from compiler.fileio import atomic_write_text
+
+    data = json.loads(path.read_text())
+    data[key] = value
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _targets(target: str | Sequence[str]) -> tuple[Any, list[str], bool]:
+    """``(primary target, placement targets, explicit list)``: the primary is the NPU of the
+    list (else its first entry); at most one NPU."""
+    from targets import get_target
+
+    if isinstance(target, str):
+        t = get_target(target)
+        return t, [t.name], False
+    names = [get_target(t).name for t in target]
+    if not names:
+        raise TargetError("compile(): target is an empty list")
+    npus = [n for n in names if n.startswith("htp-")]
+    if len(npus) > 1:
+        raise TargetError(f"compile(): one NPU per placement, got {npus}")
+    # without an NPU the artifact is the CPU reference's (GPU partitions run there too)
+    return get_target(npus[0] if npus else "cpu"), names, True
+
+
+def _place(graph: Any, tgt: Any, names: list[str], explicit: bool,
+           pins: Mapping[str, str] | None, precision: str) -> tuple[Any, Any, bool]:
+    """Run the placement for ``compile()``: ``(placement, greedy baseline, applied)``.
+
+    An explicit target list places by cost; one NPU target with pins places greedily (CPU as
+    a fallback) with the pins; one NPU target alone is placed by the emitter as before (the
+    greedy placement is only computed for the report)."""
+    from passes.partition import place
+
+    apply = explicit or bool(pins)
+    plan = list(names) if explicit else [tgt.name, "cpu"]
+    if "cpu" not in plan:
+        plan.append("cpu")  # the reference runs whatever the NPU does not; cost decides
+    policy: Literal["cost", "greedy"] = "cost" if explicit else "greedy"
+    # the graph is quantized by now: nodes cost at their encodings; float nodes at fp16 in an
+    # fp16 build, else at each device's float key
+    pl, base = place(graph, plan, policy, pins=pins,
+                     precision="fp16" if precision == "fp16" else None, write=apply)
+    return pl, base, apply
+
+
+def compile(model: Any, example_inputs: Any = None, *, target: str | Sequence[str] = "htp-v75",
             precision: str = "w8a16", calibration_data: Sequence[Any] | None = None,
             overrides: Mapping[str, str] | None = None, pipeline: str | None = None,
             output_dir: str | Path | None = None, allow_cpu: bool = True,
             progress: bool | None = None, optimization_level: int = 3,
-            soc_model: str | int | None = None) -> CompiledModel:
+            soc_model: str | int | None = None,
+            placement: Mapping[str, str] | None = None) -> CompiledModel:
     """Compile ``model`` (an ``nn.Module`` with ``example_inputs``, an ``.onnx`` path or an
     ``onnx.ModelProto``) for ``target`` at ``precision`` (``w8a8``, ``w8a16``, ``w4a16``,
     ``fp16``, ``fp32``). ``calibration_data`` is a list of argument tuples shaped like
     ``example_inputs`` (default: the example alone, with a warning). ``overrides`` maps
     module-path globs, ``op:<Op>`` or ``node:<name>`` to precision specs. ``pipeline`` replaces
     the target's default pass pipeline. Artifacts go to ``output_dir`` (default: a temporary
-    folder the returned object owns)."""
+    folder the returned object owns).
+
+    Placement: ``target="htp-v75"`` puts every node the NPU takes on the NPU and the rest on the
+    CPU (a fallback); ``target=["htp-v75", "cpu"]`` places every node where the predicted
+    latency, transfers included, is lowest (``passes/partition``). ``placement`` pins nodes
+    (module-path globs, ``op:<Op>``, ``node:<name>`` -> ``cpu``/``htp``). Either way the
+    artifact is one ONNX model with an ``EPContext`` node per NPU partition and plain ONNX
+    nodes for the rest; ``report["placement"]`` says where each node went and why."""
     from compiler.passes import PassContext, PassManager, TimingInstrument
-    from targets import get_target
 
     show = sys.stderr.isatty() if progress is None else progress
-    tgt = get_target(target)
+    tgt, target_names, explicit = _targets(target)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     graph = _load(model, example_inputs)
@@ -206,16 +277,34 @@ def compile(model: Any, example_inputs: Any = None, *, target: str = "htp-v75",
         artifacts = {"model": out / "model.onnx", "ir": out / "model.ir"}
         emit_report: dict[str, Any] = {"target": "cpu", "cpu_nodes": [], "num_contexts": 0,
                                        "npu_nodes": 0}
+        from passes.partition import place, placement_report
+
+        cpu_pl, _ = place(graph, ["cpu"], "greedy", write=False)
+        emit_report["placement"] = placement_report(cpu_pl)
     else:
+        from passes.partition import family, placement_report, reevaluate
         from targets.hexagon_htp.emit import emit
 
+        pl, base, applied = _place(graph, tgt, target_names, explicit, placement, precision)
+        parts = None
+        if applied:
+            parts = [(family(p.target), [n for i in p.items for n in pl.problem.items[i].names])
+                     for p in pl.partitions]
         res = emit(graph, out, arch=tgt.arch, allow_cpu=allow_cpu, progress=say,
                    optimization_level=optimization_level, soc_model=soc_model,
-                   fp16_precision=precision == "fp16")
+                   fp16_precision=precision == "fp16", placement=parts)
         artifacts = {"model": res.model, "ir": res.ir, "report": res.report_path}
         for i, b in enumerate(res.bins):
             artifacts[f"context{i}"] = b
-        emit_report = res.report
+        emit_report = dict(res.report)
+        why = {c["node"]: c["reason"] for c in res.cpu_nodes}
+        final = reevaluate(pl, {n.name: n.placement for n in graph.nodes if n.name}, why)
+        emit_report["placement"] = placement_report(final, base)
+        if any(t.startswith("gpu") for t in target_names):
+            emit_report["placement"]["notes"].append(
+                "gpu-adreno partitions are emitted as ONNX and run on the CPU reference on "
+                "this machine")
+        _add_to_report_file(res.report_path, "placement", emit_report["placement"])
     times["emit_s"] = time.perf_counter() - t0
 
     report: dict[str, Any] = dict(emit_report)
@@ -245,7 +334,10 @@ def compile(model: Any, example_inputs: Any = None, *, target: str = "htp-v75",
         "target": tgt.name, "precision": precision, "nodes": len(graph.nodes),
         "npu_nodes": emit_report.get("npu_nodes", 0), "cpu_nodes": cpu if tgt.name != "cpu"
         else len(graph.nodes),
-        "partitions": emit_report.get("num_contexts", 0), "macs": _macs(graph),
+        "partitions": emit_report.get("num_contexts", 0),
+        "placement_partitions": emit_report.get("placement", {}).get("num_partitions", 1),
+        "predicted_us": emit_report.get("placement", {}).get("predicted_us"),
+        "macs": _macs(graph),
         "weight_bytes": int(weight_bytes),
         "sqnr_db": None if math.isinf(sq) else round(sq, 3),
         "cpu_qdq_sqnr_db": None if math.isinf(sq_cpu) else round(sq_cpu, 3),

@@ -331,7 +331,7 @@ def test_l2_normalize_becomes_lp_normalization() -> None:
           %y = Div(%x, %e) : f32[2,8]
         }
     """).lstrip("\n")
-    _, g, ctx = _run(text)
+    _, g, _ctx = _run(text)
     assert ops(g) == {"LpNormalization": 1}
     node = next(iter(g.nodes))
     assert node.attr("axis") == 1 and node.attr("p") == 2

@@ -103,11 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from tools.compile_cmd import add_compile_parser
     from tools.debug_cmds import add_debug_parsers
+    from tools.explain_cmd import add_explain_parser
     from tools.inspect_cmd import add_inspect_parser
     from tools.viz.cli import add_parser as add_viz_parser
 
     add_compile_parser(sub)
     add_debug_parsers(sub)
+    add_explain_parser(sub)
     add_inspect_parser(sub)
     add_viz_parser(sub)
 

@@ -13,6 +13,13 @@ fails, places its last node on the CPU, and compiles the runs between CPU nodes 
 contexts (``partition.py``; dropping a node's encodings would not take it away from the EP),
 stitched into one deployable model. Forbidding the CPU turns the failure into an error.
 
+With an explicit ``placement`` (ordered partitions from the ``partition`` pass, e.g. a
+cost-driven placement or user pins), the emitter does not ask the EP: the graph is reordered so
+that each partition is contiguous, each HTP run between CPU nodes is compiled as its own
+context (with CPU fallback off) and stitched with the CPU nodes (``partition.py``); a run that
+fails to finalize is bisected as above. With no HTP node at all, ``model.onnx`` is the plain
+QDQ model for ONNX Runtime's CPU EP.
+
 Artifacts in ``out_dir`` (each written atomically; identical input gives identical bytes):
 ``model.onnx`` (the deployable EPContext model) with its ``*.bin`` context binaries beside it,
 ``model.ir`` (the final IR text, with ``model.ir.weights``) and ``report.json`` (no wall-clock
@@ -23,14 +30,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import onnx
 
-from compiler.errors import EmitError, FinalizeError
+from compiler.errors import EmitError, FinalizeError, VerifyError
 from compiler.fileio import atomic_write_text
 from compiler.ir import Graph, Node, save_ir
 from targets.hexagon_htp import qnn
@@ -105,14 +112,16 @@ def _compile_partitioned(graph: Graph, out_dir: Path, arch: str, opts: dict[str,
 
 
 def _partition_around_failures(graph: Graph, out_dir: Path, arch: str, opts: dict[str, Any],
-                               first: FinalizeError, progress: Callable[[str], None]
+                               first: FinalizeError, progress: Callable[[str], None],
+                               placed_cpu: set[str] | None = None
                                ) -> tuple[qnn.ContextArtifacts, list[tuple[str, str]]]:
-    """Find nodes whose presence makes HTP finalization fail, put them on the CPU and compile
-    the runs between them as separate contexts."""
+    """Find nodes whose presence makes HTP finalization fail, put them on the CPU (beside
+    ``placed_cpu``, the nodes already placed there) and compile the runs between them as
+    separate contexts."""
     from compiler.frontends import to_onnx
     from targets.hexagon_htp.partition import extract, htp_runs
 
-    cpu: set[str] = set()
+    cpu: set[str] = set(placed_cpu or ())
     moved: list[tuple[str, str]] = []
     error = first
     for _ in range(_MAX_FINALIZE_RETRIES * 2):
@@ -156,11 +165,60 @@ def _partition_around_failures(graph: Graph, out_dir: Path, arch: str, opts: dic
                         qnn_error=error.qnn_error, log=error.log)
 
 
+def _apply_placement(graph: Graph, placement: Sequence[tuple[str, Sequence[str]]]
+                     ) -> set[str]:
+    """Reorder ``graph`` so that each partition of ``placement`` is contiguous (the partitions
+    are in a topological order, so this order is one too); returns the names of the nodes
+    placed off the HTP."""
+    from compiler.ir.core import NodeList
+
+    rank: dict[str, int] = {}
+    cpu: set[str] = set()
+    for k, (fam, names) in enumerate(placement):
+        for name in names:
+            rank[name] = k
+            if fam != "htp":
+                cpu.add(name)
+    nodes = list(graph.nodes)
+    missing = [n.name for n in nodes if n.name not in rank]
+    if missing:
+        raise EmitError(f"the placement does not place node {missing[0]} "
+                        f"({len(missing)} node(s) unplaced)")
+    order = sorted(range(len(nodes)), key=lambda i: (rank[nodes[i].name], i))
+    graph.nodes = NodeList()
+    for i in order:
+        graph.nodes.append(nodes[i])
+    try:
+        graph.verify()
+    except VerifyError as e:  # an order that is not topological: the placement had a cycle
+        raise EmitError(f"the placement's partitions are not in a dependency order: {e}") from e
+    for n in nodes:
+        n.placement = "cpu" if n.name in cpu else "htp"
+    return cpu
+
+
+def _cpu_only(graph: Graph, out_dir: Path, arch: str) -> qnn.ContextArtifacts:
+    """No node on the HTP: the deployable model is the plain QDQ model (ORT's CPU EP)."""
+    from compiler.fileio import atomic_write_bytes
+    from compiler.frontends import to_onnx
+
+    path = out_dir / "model_ctx.onnx"
+    atomic_write_bytes(path, to_onnx(graph).SerializeToString(deterministic=True))
+    return qnn.ContextArtifacts(ctx_onnx=path, bins=(), arch=arch, soc_model=None,
+                                bin_sha256=(), ep_sdk_version="", num_contexts=0)
+
+
 def emit(graph: Graph, out_dir: str | os.PathLike[str], *, arch: str,
          soc_model: str | int | None = None, optimization_level: int = 3,
          fp16_precision: bool = False, vtcm_mb: int | None = None, allow_cpu: bool = True,
-         progress: Callable[[str], None] | None = None) -> EmitResult:
-    """Compile ``graph`` for HTP ``arch`` into ``out_dir`` (see the module docstring)."""
+         progress: Callable[[str], None] | None = None,
+         placement: Sequence[tuple[str, Sequence[str]]] | None = None) -> EmitResult:
+    """Compile ``graph`` for HTP ``arch`` into ``out_dir`` (see the module docstring).
+
+    ``placement``, when given, is the ordered list of partitions ``(family, node names)``
+    (``family`` is ``htp``, or ``cpu``/``gpu`` for nodes left as plain ONNX) in a topological
+    order of the partition graph, covering every node; it replaces the capability placement.
+    """
     arch = qnn.validate_arch(arch)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,11 +239,18 @@ def emit(graph: Graph, out_dir: str | os.PathLike[str], *, arch: str,
             n.name = name
             taken.add(name)
     predicted = {}
-    for n in graph.nodes:
-        s = supports(n, fp16=fp16)
-        n.placement = "htp" if s.ok else "cpu"
-        if not s.ok:
-            predicted[_node_key(n)] = f"{s.reason.value}: {s.detail}"
+    placed_cpu: set[str] = set()
+    if placement is not None:
+        placed_cpu = _apply_placement(graph, placement)
+        for n in graph.nodes:
+            if n.name in placed_cpu:
+                predicted[n.name] = str(n.meta.get("placement_reason", "placed on the CPU"))
+    else:
+        for n in graph.nodes:
+            s = supports(n, fp16=fp16)
+            n.placement = "htp" if s.ok else "cpu"
+            if not s.ok:
+                predicted[_node_key(n)] = f"{s.reason.value}: {s.detail}"
     if predicted and not allow_cpu:
         first = next(iter(predicted.items()))
         raise EmitError(f"{len(predicted)} node(s) cannot run on the HTP and CPU placement is "
@@ -193,12 +258,17 @@ def emit(graph: Graph, out_dir: str | os.PathLike[str], *, arch: str,
     moved: list[tuple[str, str]] = []
     say("compiling the HTP context")
     try:
-        arts = _compile(graph, out, arch, opts)
+        if placement is None or not placed_cpu:
+            arts = _compile(graph, out, arch, opts)
+        elif len(placed_cpu) == len(graph.nodes):
+            arts = _cpu_only(graph, out, arch)
+        else:
+            arts = _compile_partitioned(graph, out, arch, opts, placed_cpu)
     except FinalizeError as e:
         if not allow_cpu:
             raise
         say(f"HTP finalization failed ({e.qnn_error}); bisecting for the culprit nodes")
-        arts, moved = _partition_around_failures(graph, out, arch, opts, e, say)
+        arts, moved = _partition_around_failures(graph, out, arch, opts, e, say, placed_cpu)
     finally:
         _rm_tree(out / ".bisect")
 
