@@ -278,9 +278,13 @@ class Rule:
         if reason is not None:
             return reason
         nodes = list({id(n): n for n in st.nodes}.values())
-        m = Match(node, nodes, st.values, st.named)
-        if self.exclusive:
-            reason = exclusive_reason(nodes)
+        return self.accept(Match(node, nodes, st.values, st.named), self.exclusive)
+
+    def accept(self, m: Match, exclusive: bool) -> Match | str:
+        """``m``, or why it is refused: a non-exclusive match (when ``exclusive``), or the
+        reason ``check`` gives."""
+        if exclusive:
+            reason = exclusive_reason(m.nodes)
             if reason:
                 return reason
         if self.check is not None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compiler.ir import Node, Value
-from compiler.rewrite import Match, Pat, Rule, exclusive_reason
+from compiler.rewrite import Match, Pat, Rule
 
 __all__ = ["Product", "factors", "FormRule", "scalar", "producer", "single_use", "close"]
 
@@ -111,16 +111,7 @@ class FormRule(Rule):
             return f"{node.label()} is not {' or '.join(self.pattern.ops)}"
         assert self.matcher is not None
         m = self.matcher(node)
-        if isinstance(m, str):
-            return m
-        reason = exclusive_reason(m.nodes)
-        if reason:
-            return reason
-        if self.check is not None:
-            reason = self.check(m)
-            if reason:
-                return reason
-        return m
+        return m if isinstance(m, str) else self.accept(m, exclusive=True)
 
 
 def form_rule(name: str, root_ops: str | tuple[str, ...], matcher: MatchFn,

@@ -17,6 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from tests.models import zoo
+
 __all__ = ["resnet18", "resnet50", "mobilenet_v2", "REFERENCE_CNNS", "build_reference",
            "IMAGE_SHAPE"]
 
@@ -24,29 +26,10 @@ __all__ = ["resnet18", "resnet50", "mobilenet_v2", "REFERENCE_CNNS", "build_refe
 IMAGE_SHAPE = (1, 3, 224, 224)
 
 
-class BasicBlock(nn.Module):
-    """ResNet-18/34 block: two 3x3 convs."""
+class BasicBlock(zoo.BasicBlock):
+    """ResNet-18/34 block: two 3x3 convs (the zoo's block, output width = ``width``)."""
 
     expansion = 1
-
-    def __init__(self, cin: int, width: int, stride: int) -> None:
-        super().__init__()
-        cout = width * self.expansion
-        self.conv1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=False)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                            nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        skip = x if self.downsample is None else self.downsample(x)
-        return self.relu(y + skip)
 
 
 class Bottleneck(nn.Module):
