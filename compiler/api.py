@@ -209,7 +209,8 @@ def compile(model: Any, example_inputs: Any = None, *, target: str | Sequence[st
             output_dir: str | Path | None = None, allow_cpu: bool = True,
             progress: bool | None = None, optimization_level: int = 3,
             soc_model: str | int | None = None,
-            placement: Mapping[str, str] | None = None) -> CompiledModel:
+            placement: Mapping[str, str] | None = None,
+            compress: str | None = None) -> CompiledModel:
     """Compile ``model`` (an ``nn.Module`` with ``example_inputs``, an ``.onnx`` path or an
     ``onnx.ModelProto``) for ``target`` at ``precision`` (``w8a8``, ``w8a16``, ``w4a16``,
     ``fp16``, ``fp32``). ``calibration_data`` is a list of argument tuples shaped like
@@ -223,7 +224,11 @@ def compile(model: Any, example_inputs: Any = None, *, target: str | Sequence[st
     latency, transfers included, is lowest (``passes/partition``). ``placement`` pins nodes
     (module-path globs, ``op:<Op>``, ``node:<name>`` -> ``cpu``/``htp``). Either way the
     artifact is one ONNX model with an ``EPContext`` node per NPU partition and plain ONNX
-    nodes for the rest; ``report["placement"]`` says where each node went and why."""
+    nodes for the rest; ``report["placement"]`` says where each node went and why.
+
+    Compression: ``compress="lowrank{energy=0.95},prune{method=channel,sparsity=0.3}"`` (or
+    ``"auto{min_sqnr_db=30}"``) runs those passes after fusion and before quantization;
+    ``report["compression"]`` lists per layer what was done, why, and the measured error."""
     from compiler.passes import PassContext, PassManager, TimingInstrument
 
     show = sys.stderr.isatty() if progress is None else progress
@@ -249,6 +254,10 @@ def compile(model: Any, example_inputs: Any = None, *, target: str | Sequence[st
                       options={"quant_rules": tgt.quant_rules,
                                "quant_overrides": dict(overrides or {})})
     pipe = pipeline or tgt.default_pipeline(precision)
+    if compress:
+        from passes.lowrank import with_compression
+
+        pipe = with_compression(pipe, compress)
     timing = TimingInstrument()
     t0 = time.perf_counter()
     PassManager(pipe, instruments=[timing]).run(graph, ctx)
@@ -311,6 +320,9 @@ def compile(model: Any, example_inputs: Any = None, *, target: str | Sequence[st
     report["pipeline"] = PassManager(pipe).pipeline
     report["quantization"] = ctx.report.get("quantization", {})
     report["calibration"] = ctx.report.get("calibration", {})
+    report["compression"] = ctx.report.get("compression", [])
+    if report["compression"] and "report" in artifacts:
+        _add_to_report_file(artifacts["report"], "compression", report["compression"])
     report["notes"] = list(ctx.log)
     cm = CompiledModel(out, report, artifacts, [v.name for v in graph.inputs], tmp, graph)
     t0 = time.perf_counter()

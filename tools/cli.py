@@ -131,8 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR
     func: Callable[[argparse.Namespace], int] = args.func
+    from tools.stdio import native_stdout_to_stderr
+
     try:
-        return int(func(args) or 0)
+        with native_stdout_to_stderr():
+            return int(func(args) or 0)
     except EdgecError as e:
         if args.debug:
             raise

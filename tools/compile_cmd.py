@@ -24,13 +24,19 @@ def add_compile_parser(sub: Any) -> None:
     c = sub.add_parser("compile", help="compile a model for a target and print a summary")
     c.add_argument("model", help="MODEL.onnx or file.py:factory")
     c.add_argument("--target", default="htp-v75",
-                   help="htp-v68 ... htp-v81, a Snapdragon name, or cpu (default htp-v75)")
+                   help="htp-v68 ... htp-v81, a Snapdragon name, or cpu (default htp-v75); a "
+                        "comma-separated list (htp-v75,cpu) places every node by predicted cost")
     c.add_argument("--precision", default="w8a16",
                    choices=["w8a8", "w8a16", "w4a16", "fp16", "fp32"])
     c.add_argument("--calib", metavar="INPUTS.npz", help="calibration inputs")
     c.add_argument("-o", "--output", required=True, help="output folder")
     c.add_argument("--override", action="append", default=[], metavar="PATTERN=SPEC",
                    help="mixed precision, e.g. 'layers.*.mlp.*=w4a16' or 'op:Softmax=a16'")
+    c.add_argument("--pin", action="append", default=[], metavar="PATTERN=TARGET",
+                   help="pin nodes to a target, e.g. 'layers.0.*=cpu' or 'op:Softmax=htp'")
+    c.add_argument("--compress", metavar="SPEC",
+                   help="compression before quantization, e.g. 'lowrank{energy=0.95}' or "
+                        "'auto{min_sqnr_db=30}'")
     c.add_argument("--pipeline", help="replace the target's default pass pipeline")
     c.add_argument("--no-cpu", dest="allow_cpu", action="store_false",
                    help="fail instead of placing any node on the CPU")
@@ -38,12 +44,13 @@ def add_compile_parser(sub: Any) -> None:
     c.set_defaults(func=run_compile)
 
 
-def _overrides(items: list[str]) -> dict[str, str]:
+def _overrides(items: list[str], flag: str = "--override", what: str = "SPEC"
+               ) -> dict[str, str]:
     out = {}
     for item in items:
         pattern, sep, spec = item.rpartition("=")
         if not sep or not pattern or not spec:
-            raise EdgecError(f"--override {item!r}: expected PATTERN=SPEC")
+            raise EdgecError(f"{flag} {item!r}: expected PATTERN={what}")
         out[pattern] = spec
     return out
 
@@ -54,6 +61,9 @@ def run_compile(args: argparse.Namespace) -> int:
     from tools.loading import load_factory, load_inputs
 
     overrides = _overrides(args.override)
+    pins = _overrides(args.pin, "--pin", "TARGET")
+    targets = [t.strip() for t in args.target.split(",") if t.strip()]
+    target: str | list[str] = targets[0] if len(targets) == 1 else targets
     example = None
     if ".py:" in args.model:
         model, example = load_factory(args.model)
@@ -69,17 +79,20 @@ def run_compile(args: argparse.Namespace) -> int:
         calib = load_inputs(args.calib, graph)
     elif example is None:
         raise EdgecError("an .onnx model needs --calib INPUTS.npz to calibrate with")
-    cm = compiler.compile(model, example, target=args.target, precision=args.precision,
+    cm = compiler.compile(model, example, target=target, precision=args.precision,
                           calibration_data=calib if calib is not None else [example],
                           overrides=overrides, pipeline=args.pipeline, output_dir=args.output,
-                          allow_cpu=args.allow_cpu)
+                          allow_cpu=args.allow_cpu, placement=pins or None,
+                          compress=args.compress)
     if args.json:
         sys.stdout.write(json.dumps(cm.report, indent=2, sort_keys=True, default=str) + "\n")
         return 0
     s = cm.report["summary"]
     rows = [("target", s["target"]), ("precision", s["precision"]),
             ("nodes", f"{s['nodes']} ({s['npu_nodes']} NPU, {s['cpu_nodes']} CPU)"),
-            ("HTP contexts", s["partitions"]), ("MACs", f"{s['macs']:,}"),
+            ("HTP contexts", s["partitions"]),
+            ("predicted", f"{s['predicted_us']:.0f} us" if s.get("predicted_us") else "-"),
+            ("MACs", f"{s['macs']:,}"),
             ("weight bytes", f"{s['weight_bytes']:,}"),
             ("SQNR vs FP32", f"{s['sqnr_db']} dB (calibration inputs)"),
             ("time", ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in s["times_s"].items())),
