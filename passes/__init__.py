@@ -33,6 +33,7 @@ _TABLE: dict[str, str | type[Pass]] = {
     "prune": "passes.prune.prune:Prune",
     "quantize": "passes.quant.quantize:Quantize",
     "remove-noops": "passes.remove_noops:RemoveNoops",
+    "seq-mse": "passes.quant.seqmse:SeqMse",
     "select-compression": "passes.lowrank.auto:SelectCompression",
     "simplify-algebra": "passes.simplify_algebra:SimplifyAlgebra",
     "smooth-quant": "passes.quant.smooth:SmoothQuant",

@@ -36,6 +36,9 @@ class QuantRules:
     - ``block_quant_ops``: ops whose weights may be quantized per block;
     - ``silu_gate_bits``: width cap for a Sigmoid output that gates its own input
       (SiLU ``x·sigmoid(x)``), where a target computes the wide form wrong;
+    - ``symmetric_matmul_rhs``: the second input of a MatMul between two 16-bit activations
+      gets a range symmetric about zero (zero point at mid-scale), so the target can take it
+      as a signed symmetric tensor without requantizing;
     - allowed widths per role.
     """
 
@@ -51,6 +54,7 @@ class QuantRules:
     fused_activations: frozenset[str] = frozenset()
     block_quant_ops: frozenset[str] = frozenset()
     silu_gate_bits: int | None = None
+    symmetric_matmul_rhs: bool = False
     #: ops the target cannot run with 16-bit weights when activations are 16-bit, etc.: free
     #: notes the quantizer copies into its report
     notes: tuple[str, ...] = ()

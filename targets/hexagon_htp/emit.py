@@ -41,6 +41,8 @@ from compiler.errors import EmitError, FinalizeError, VerifyError
 from compiler.fileio import atomic_write_text
 from compiler.ir import Graph, Node, save_ir
 from targets.hexagon_htp import qnn
+from targets.hexagon_htp.legalize import QdqLegalization, legalize_graph, legalize_qdq
+from targets.hexagon_htp.legalize_matmul import sign_matmul_rhs
 from targets.hexagon_htp.target import supports
 
 __all__ = ["emit", "EmitResult"]
@@ -76,15 +78,27 @@ def _node_key(n: Node) -> str:
     return n.name or (n.outputs[0].name if n.outputs and n.outputs[0] is not None else n.op)
 
 
-def _compile(graph: Graph, out_dir: Path, arch: str, opts: dict[str, Any]
-             ) -> qnn.ContextArtifacts:
+def _htp_onnx(graph: Graph, log: list[QdqLegalization] | None = None) -> onnx.ModelProto:
+    """``graph`` as the QDQ ONNX the QNN EP gets: mixed 8/16-bit nodes widened
+    (``legalize.py``); what was done is appended to ``log``."""
     from compiler.frontends import to_onnx
 
-    return qnn.compile_context(to_onnx(graph), out_dir, arch=arch, name="model", **opts)
+    model, done = legalize_qdq(to_onnx(graph))
+    # 16 x 16-bit activation MatMuls: second input as int16 (``legalize_matmul.py``)
+    done.converts.extend((m, 16, 16) for m in sign_matmul_rhs(model))
+    if log is not None:
+        log.append(done)
+    return model
+
+
+def _compile(graph: Graph, out_dir: Path, arch: str, opts: dict[str, Any],
+             log: list[QdqLegalization] | None = None) -> qnn.ContextArtifacts:
+    return qnn.compile_context(_htp_onnx(graph, log), out_dir, arch=arch, name="model", **opts)
 
 
 def _compile_partitioned(graph: Graph, out_dir: Path, arch: str, opts: dict[str, Any],
-                         cpu: set[str]) -> qnn.ContextArtifacts:
+                         cpu: set[str], log: list[QdqLegalization] | None = None
+                         ) -> qnn.ContextArtifacts:
     """Compile each HTP run between ``cpu`` nodes as its own context; stitch one model."""
     from compiler.fileio import atomic_write_bytes
     from compiler.frontends import to_onnx
@@ -95,7 +109,7 @@ def _compile_partitioned(graph: Graph, out_dir: Path, arch: str, opts: dict[str,
     arts_all: list[qnn.ContextArtifacts] = []
     for i, run in enumerate(htp_runs(graph, cpu)):
         sub = extract(graph, run, f"{graph.name}_part{i}")
-        a = qnn.compile_context(to_onnx(sub), out_dir, arch=arch, name=f"part{i}",
+        a = qnn.compile_context(_htp_onnx(sub, log), out_dir, arch=arch, name=f"part{i}",
                                 **{**opts, "allow_cpu_fallback": False})
         parts.append(({n.name for n in run}, onnx.load(str(a.ctx_onnx),
                                                         load_external_data=False)))
@@ -113,12 +127,12 @@ def _compile_partitioned(graph: Graph, out_dir: Path, arch: str, opts: dict[str,
 
 def _partition_around_failures(graph: Graph, out_dir: Path, arch: str, opts: dict[str, Any],
                                first: FinalizeError, progress: Callable[[str], None],
-                               placed_cpu: set[str] | None = None
+                               placed_cpu: set[str] | None = None,
+                               log: list[QdqLegalization] | None = None
                                ) -> tuple[qnn.ContextArtifacts, list[tuple[str, str]]]:
     """Find nodes whose presence makes HTP finalization fail, put them on the CPU (beside
     ``placed_cpu``, the nodes already placed there) and compile the runs between them as
     separate contexts."""
-    from compiler.frontends import to_onnx
     from targets.hexagon_htp.partition import extract, htp_runs
 
     cpu: set[str] = set(placed_cpu or ())
@@ -128,19 +142,19 @@ def _partition_around_failures(graph: Graph, out_dir: Path, arch: str, opts: dic
         failing = None
         for run in htp_runs(graph, cpu):
             try:
-                qnn.compile_context(to_onnx(extract(graph, run, "probe")), out_dir / ".bisect",
+                qnn.compile_context(_htp_onnx(extract(graph, run, "probe")), out_dir / ".bisect",
                                     arch=arch, name="probe",
                                     **{**opts, "allow_cpu_fallback": False})
             except FinalizeError as e:
                 failing, error = run, e
                 break
         if failing is None:
-            return _compile_partitioned(graph, out_dir, arch, opts, cpu), moved
+            return _compile_partitioned(graph, out_dir, arch, opts, cpu, log), moved
         lo, hi = 0, len(failing)
 
         def fails(k: int, run: list[Node] = failing) -> bool:
             try:
-                qnn.compile_context(to_onnx(extract(graph, run[:k], "probe")),
+                qnn.compile_context(_htp_onnx(extract(graph, run[:k], "probe")),
                                     out_dir / ".bisect", arch=arch, name="probe",
                                     **{**opts, "allow_cpu_fallback": False})
             except FinalizeError:
@@ -256,19 +270,24 @@ def emit(graph: Graph, out_dir: str | os.PathLike[str], *, arch: str,
         raise EmitError(f"{len(predicted)} node(s) cannot run on the HTP and CPU placement is "
                         f"forbidden; first: {first[0]} ({first[1]})")
     moved: list[tuple[str, str]] = []
+    # the QDQ form the QNN EP builds integer kernels from (``legalize.py``)
+    int32_norm_biases = legalize_graph(graph)
     say("compiling the HTP context")
+    legal: list[QdqLegalization] = []
     try:
         if placement is None or not placed_cpu:
-            arts = _compile(graph, out, arch, opts)
+            arts = _compile(graph, out, arch, opts, legal)
         elif len(placed_cpu) == len(graph.nodes):
             arts = _cpu_only(graph, out, arch)
         else:
-            arts = _compile_partitioned(graph, out, arch, opts, placed_cpu)
+            arts = _compile_partitioned(graph, out, arch, opts, placed_cpu, legal)
     except FinalizeError as e:
         if not allow_cpu:
             raise
         say(f"HTP finalization failed ({e.qnn_error}); bisecting for the culprit nodes")
-        arts, moved = _partition_around_failures(graph, out, arch, opts, e, say, placed_cpu)
+        legal.clear()
+        arts, moved = _partition_around_failures(graph, out, arch, opts, e, say, placed_cpu,
+                                                 legal)
     finally:
         _rm_tree(out / ".bisect")
 
@@ -320,12 +339,23 @@ def emit(graph: Graph, out_dir: str | os.PathLike[str], *, arch: str,
         "npu_nodes": len(graph.nodes) - len(cpu_nodes),
         "cpu_nodes": cpu_nodes,
         "finalize_moves": [{"node": k, "reason": r} for k, r in moved],
+        "qnn_legalization": _legal_report(int32_norm_biases, legal),
         "note": "a context binary loads only on a QNN runtime at least as new as "
                 "ep_sdk_version",
     }
     report_path = out / "report.json"
     atomic_write_text(report_path, json.dumps(report, indent=2, sort_keys=True) + "\n")
     return EmitResult(model, list(arts.bins), ir_path, report_path, report, cpu_nodes)
+
+
+def _legal_report(biases: list[str], done: list[QdqLegalization]) -> dict[str, Any]:
+    """What was changed so the QNN EP builds integer kernels (``legalize.py``)."""
+    widened = [w for d in done for w in d.widened]
+    return {"int32_norm_biases": biases,
+            "widened_to_16_bit": widened,
+            "converts": sum(len(d.converts) for d in done),
+            "constants_widened": [c for d in done for c in d.constants],
+            "not_legalized": [{"node": n, "reason": r} for d in done for n, r in d.skipped]}
 
 
 def _rm_tree(p: Path) -> None:

@@ -80,6 +80,8 @@ __all__ = [
     "run_context",
     "parse_profile_csv",
     "clear_sessions",
+    "QnnOp",
+    "qnn_graph_ops",
 ]
 
 EP_NAME = "QNNExecutionProvider"
@@ -428,6 +430,101 @@ def compile_context(
         ep_sdk_version=str(sdk),
         num_contexts=len(contexts),
     )
+
+
+#: QNN tensor data types (``QnnTypes.h``) -> short names
+_QNN_DTYPES: dict[int, str] = {
+    0x0008: "int8", 0x0016: "int16", 0x0032: "int32", 0x0064: "int64",
+    0x0108: "uint8", 0x0116: "uint16", 0x0132: "uint32", 0x0164: "uint64",
+    0x0216: "float16", 0x0232: "float32",
+    0x0304: "sfixed4", 0x0308: "sfixed8", 0x0316: "sfixed16", 0x0332: "sfixed32",
+    0x0404: "ufixed4", 0x0408: "ufixed8", 0x0416: "ufixed16", 0x0432: "ufixed32",
+    0x0508: "bool8",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class QnnOp:
+    """One op of the QNN graph the EP built: QNN op type (``FullyConnected``, ``Convert``,
+    ``Dequantize``...), node name, the data types of its input and output tensors
+    (``ufixed8``, ``ufixed16``, ``sfixed32``, ``float32``...), and whether it computes in float:
+    a float tensor other than a graph input or output (a graph input's ``Quantize`` and a graph
+    output's ``Dequantize`` are the integer graph's edges, not float compute)."""
+
+    op: str
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    is_float: bool
+
+
+def qnn_graph_ops(
+    qdq_model: onnx.ModelProto | str | os.PathLike[str],
+    *,
+    arch: str | int,
+    optimization_level: int = 3,
+    allow_cpu_fallback: bool = False,
+) -> tuple[QnnOp, ...]:
+    """The ops of the QNN HTP graph(s) the EP builds from ``qdq_model`` (compiled through the
+    EP's ``dump_json_qnn_graph``; nodes it refuses stay on the CPU when
+    ``allow_cpu_fallback``, else they are an error), in the dump's order.
+
+    This is how to see what the HTP really runs: a node the EP cannot fold into an integer
+    unit still compiles, as a float op between standalone ``Dequantize``/``Quantize`` ops, and
+    costs 10-100x the simulator cycles. Raises like :func:`compile_context`."""
+    arch = validate_arch(arch)
+    if isinstance(optimization_level, bool) or optimization_level not in (0, 1, 2, 3):
+        raise TargetError(f"optimization_level must be 0, 1, 2 or 3, not {optimization_level!r}")
+    model, label = _load_model(qdq_model)
+    try:
+        data = model.SerializeToString()
+    except ValueError as exc:
+        raise EmitError(f"{label} is too large to compile as one HTP context: {exc}") from exc
+    with tempfile.TemporaryDirectory(prefix="edgec-qnn-json-") as tmp:
+        build = Path(tmp)
+        dump = build / "json"
+        dump.mkdir()
+        options = {
+            "backend_path": onnxruntime_qnn.get_qnn_htp_path(),
+            "htp_arch": arch,
+            "htp_graph_finalization_optimization_mode": str(optimization_level),
+            "offload_graph_io_quantization": "0",
+            "dump_json_qnn_graph": "1",
+            "json_qnn_graph_dir": str(dump),
+        }
+        _compile_in_child(data, label, arch, build, options,
+                          {"session.disable_cpu_ep_fallback": "0" if allow_cpu_fallback else "1"})
+        ops: list[QnnOp] = []
+        for f in sorted(dump.glob("*.json")):
+            if f.name.endswith("_tensor_log.json"):
+                continue
+            try:
+                doc = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise EmitError(f"QNN graph dump {f.name} of {label} is unreadable: {exc}"
+                                ) from exc
+            graph = doc.get("graph", doc)
+            tensors = graph.get("tensors", {})
+
+            def dtype(t: str, tensors: dict[str, Any] = tensors) -> str:
+                code = tensors.get(t, {}).get("data_type")
+                return _QNN_DTYPES.get(int(code), str(code)) if code is not None else "?"
+
+            def inner_float(t: str, tensors: dict[str, Any] = tensors) -> bool:
+                info = tensors.get(t, {})
+                # tensor type 0 = APP_WRITE (graph input), 1 = APP_READ (graph output)
+                return dtype(t) == "float32" and info.get("type") not in (0, 1)
+
+            for node_name, node in graph.get("nodes", {}).items():
+                names = [*node.get("input_names", []), *node.get("output_names", [])]
+                ops.append(QnnOp(
+                    op=str(node.get("type", "")), name=str(node_name),
+                    inputs=tuple(dtype(t) for t in node.get("input_names", [])),
+                    outputs=tuple(dtype(t) for t in node.get("output_names", [])),
+                    is_float=any(inner_float(t) for t in names)))
+    if not ops:
+        raise EmitError(f"the QNN EP dumped no graph for {label}")
+    return tuple(ops)
 
 
 def _load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.ModelProto, str]:
