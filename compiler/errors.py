@@ -20,6 +20,7 @@ __all__ = [
     "TargetError",
     "EmitError",
     "FinalizeError",
+    "CompressionError",
 ]
 
 
@@ -83,3 +84,8 @@ class FinalizeError(EmitError):
         super().__init__(message)
         self.qnn_error = qnn_error
         self.log = log
+
+
+class CompressionError(EdgecError):
+    """A compression request that cannot be honoured (100% sparsity, a rank outside
+    ``1..min(m, n)``, a head count that leaves no head); the message names the node."""

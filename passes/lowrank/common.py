@@ -1,7 +1,7 @@
 """Shared pieces of the compression passes (``lowrank``, ``prune``, ``select-compression``).
 
-- :class:`CompressionError`: the typed refusal (100% sparsity, an impossible rank), naming the
-  node;
+- :class:`~compiler.errors.CompressionError` (re-exported): the typed refusal (100% sparsity,
+  an impossible rank), naming the node;
 - :class:`ShapeRewriter`: a :class:`~compiler.rewrite.Rewriter` that may also change the
   shapes of a region (channel pruning shrinks every tensor of a channel group at once, which
   ``Rewriter.replace`` rightly refuses one value at a time);
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.errors import EdgecError, PipelineError
+from compiler.errors import CompressionError, PipelineError
 from compiler.ir import Graph, Node, TensorType, Value
 from compiler.passes import PassContext, format_pipeline, parse_pipeline
 from compiler.rewrite import Rewriter
@@ -36,6 +36,8 @@ __all__ = [
     "output_sqnr_db",
     "graph_seconds",
     "report_entry",
+    "rows_from",
+    "summarize",
     "compression_pipeline",
     "with_compression",
     "layer_name",
@@ -46,11 +48,6 @@ DEFAULT_TARGET = "htp-v75"
 
 #: the pipeline names a ``compress=`` spec may use
 COMPRESSION_PASSES = ("lowrank", "prune", "select-compression")
-
-
-class CompressionError(EdgecError):
-    """A compression request that cannot be honoured (100% sparsity, a rank outside
-    ``1..min(m, n)``); the message names the node."""
 
 
 class ShapeRewriter(Rewriter):
@@ -189,6 +186,22 @@ def report_entry(ctx: PassContext, entry: dict[str, Any]) -> None:
         else:
             clean[k] = v
     ctx.report.setdefault("compression", []).append(clean)
+
+
+def rows_from(ctx: PassContext) -> int:
+    """Where the rows a pass is about to add will start in ``ctx.report["compression"]``."""
+    return len(ctx.report.get("compression", []))
+
+
+def summarize(ctx: PassContext, start: int, summary: dict[str, Any], sqnr_db: float) -> None:
+    """Record a pass's whole-model output SQNR (dB, against the graph before the pass, on the
+    calibration data): on every row it added from ``start`` that changed a layer
+    (``model_sqnr_db``) and as one ``ctx.report["compression_summary"]`` entry."""
+    db = round(sqnr_db, 3) if math.isfinite(sqnr_db) else None
+    for row in ctx.report.get("compression", [])[start:]:
+        if row.get("action") in ("factorized", "pruned", "sparsified"):
+            row["model_sqnr_db"] = db
+    ctx.report.setdefault("compression_summary", []).append({**summary, "output_sqnr_db": db})
 
 
 def compression_pipeline(spec: str) -> str:

@@ -53,6 +53,8 @@ from passes.lowrank.common import (
     nodes_seconds,
     output_sqnr_db,
     report_entry,
+    rows_from,
+    summarize,
 )
 
 __all__ = ["LowRank", "lowrank_sites", "layer_key", "Factorization", "factorize"]
@@ -389,6 +391,7 @@ class LowRank(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         """Factorize every eligible layer where the cost model says it pays."""
+        start = rows_from(ctx)
         per_layer = parse_ranks(self.ranks)
         wanted = set(self.layers) | set(per_layer)
         target = self.target or ctx.target
@@ -428,9 +431,7 @@ class LowRank(Pass):
         if before is not None and done:
             sq = output_sqnr_db(before, graph, feeds)
             stats["output-sqnr-db"] = sq if math.isfinite(sq) else 999.0
-            ctx.report.setdefault("compression_summary", []).append(
-                {"pass": "lowrank", "factorized": done,
-                 "output_sqnr_db": round(sq, 3) if math.isfinite(sq) else None})
+            summarize(ctx, start, {"pass": "lowrank", "factorized": done}, sq)
         return PassResult(done > 0, stats)
 
     def _one(self, graph: Graph, ctx: PassContext, node: Node, inputs: Sequence[np.ndarray],

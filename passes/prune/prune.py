@@ -1,5 +1,5 @@
 """``prune``: weight pruning, unstructured (``magnitude``), semi-structured (``nm``) or
-structured (``channel``).
+structured (``channel``, ``head``).
 
 - ``method=magnitude``: in every Conv/Gemm/MatMul weight, zero the ``sparsity`` fraction of
   weights with the smallest score (``|w|``; with ``importance=activation``, ``|w| * ||x_j||``,
@@ -21,6 +21,14 @@ structured (``channel``).
   reference with the calibration data, how much each group alone costs at the target sparsity,
   and prunes the robust groups harder and the sensitive ones less, keeping the MAC-weighted
   mean at ``sparsity``.
+
+- ``method=head``: whole attention heads (:mod:`passes.prune.heads`): each ``Softmax``
+  attention block is traced back to its Q/K/V projections (fused through a ``Split`` or
+  separate) and forward to its output projection; the ``sparsity`` fraction of its heads with
+  the lowest importance (``l1``/``l2`` norms of the head's projection rows and output columns,
+  or ``activation``: the head's contribution to the output projection on the calibration data)
+  is removed from every tensor and weight of the block. The result equals the original with
+  those heads' contexts zeroed.
 
 ``sparsity=0`` changes nothing; ``sparsity=1`` (or ``n=0``) is refused with a
 :class:`~passes.lowrank.common.CompressionError` naming the node. ``ctx.report["compression"]``
@@ -47,8 +55,18 @@ from passes.lowrank.common import (
     output_sqnr_db,
     reference_outputs,
     report_entry,
+    rows_from,
+    summarize,
 )
 from passes.prune.channels import ChannelGroup, ChannelPlan, apply_channels, plan_channels
+from passes.prune.heads import (
+    AttentionUnit,
+    apply_heads,
+    context_values,
+    find_attention,
+    keep_for,
+    unit_macs,
+)
 
 __all__ = ["Prune", "NO_SPEEDUP", "channel_keep_masks", "parse_sparsities"]
 
@@ -57,6 +75,10 @@ NO_SPEEDUP = ("no speed-up on the HTP: its kernels are dense, zeros cost what an
               "costs; sparsity only helps a compressed artifact")
 
 Importance = Literal["l1", "l2", "activation"]
+
+#: up to this many channel groups or attention blocks, each row gets the model's output SQNR
+#: with that group alone pruned (one CPU-reference run each)
+MAX_ALONE = 32
 
 
 def _key(n: Node) -> str:
@@ -202,11 +224,11 @@ class Prune(Pass):
     name: ClassVar[str] = "prune"
     summary: ClassVar[str] = "Prune weights: magnitude, N:M, or structured channels"
     needs_finite_weights: ClassVar[bool] = True
-    method: Literal["magnitude", "nm", "channel"] = option(
-        "magnitude", "magnitude (unstructured), nm (N:M) or channel (structured: shrinks "
-                     "tensors)")
-    sparsity: float = option(0.5, "fraction of weights (magnitude) or channels (channel) to "
-                                  "drop, in [0, 1)")
+    method: Literal["magnitude", "nm", "channel", "head"] = option(
+        "magnitude", "magnitude (unstructured), nm (N:M), channel (structured: shrinks "
+                     "tensors) or head (whole attention heads)")
+    sparsity: float = option(0.5, "fraction of weights (magnitude), channels (channel) or "
+                                  "heads per attention block (head) to drop, in [0, 1)")
     n: int = option(2, "nm: weights kept of every m")
     m: int = option(4, "nm: group size along the reduction axis")
     importance: Literal["l1", "l2", "activation"] = option(
@@ -217,8 +239,10 @@ class Prune(Pass):
     multiple: int = option(1, "channel: keep channel counts a multiple of this (HTP lanes)")
     layers: tuple[str, ...] = option((), "only these layers (node or output names; for "
                                          "channel: groups with such a source)")
-    sparsities: tuple[str, ...] = option((), "channel: per-group sparsity 'source:fraction' "
-                                             "(overrides sparsity for those groups)")
+    sparsities: tuple[str, ...] = option((), "channel/head: per-group sparsity "
+                                             "'source:fraction' (overrides sparsity there; for "
+                                             "head, source = the block's module or a "
+                                             "projection)")
 
     def _check(self, where: str) -> None:
         if not 0.0 <= self.sparsity <= 1.0:
@@ -231,10 +255,91 @@ class Prune(Pass):
         """Prune as the options say."""
         if self.method == "channel":
             return self._channels(graph, ctx)
+        if self.method == "head":
+            return self._heads(graph, ctx)
         return self._weights(graph, ctx)
+
+    # -- attention heads ---------------------------------------------------------------------
+    def _heads(self, graph: Graph, ctx: PassContext) -> PassResult:
+        start = rows_from(ctx)
+        units = find_attention(graph)
+        per = parse_sparsities(self.sparsities)
+        wanted = set(self.layers) | set(per)
+
+        def names(u: AttentionUnit) -> list[str]:
+            projs = u.projections() + ([u.out_proj] if u.out_proj is not None else [])
+            return [u.name] + [k for n in projs for k in (_key(n), n.src) if k]
+
+        for u in units:
+            if u.blocked is not None and (not wanted or wanted & set(names(u))):
+                report_entry(ctx, {"pass": "prune", "method": "head", "layer": u.name,
+                                   "heads": u.heads, "action": "skipped",
+                                   "reason": u.blocked})
+        units = [u for u in units if u.blocked is None
+                 and (not wanted or wanted & set(names(u)))]
+        for u in units:
+            self._check(f"attention {u.name} ({u.softmax.label()})")
+        for name, sp in per.items():
+            if not 0.0 <= sp < 1.0:
+                raise CompressionError(f"prune: sparsity {sp} for {name} is not in [0, 1)")
+        sparsity = {}
+        for i, u in enumerate(units):
+            hit = [per[k] for k in names(u) if k in per]
+            sparsity[i] = hit[0] if hit else self.sparsity
+        if not units or not any(sparsity.values()):
+            return PassResult(False, {"units": 0})
+        feeds = calibration_feeds(graph, ctx)
+        contexts: dict[str, list[np.ndarray]] = {}
+        if self.importance == "activation":
+            if not feeds:
+                raise CompressionError("prune: importance=activation needs calibration batches")
+            contexts = collect(graph, context_values(units), feeds)
+        ref = reference_outputs(graph, feeds[:4])
+        keeps = {i: m for i, u in enumerate(units)
+                 for m in keep_for([u], sparsity[i], self.importance, contexts).values()}
+        alone: dict[int, float] = {}
+        if feeds and len(keeps) <= MAX_ALONE:  # each block's own error, on a copy
+            for i, km in keeps.items():
+                trial = graph.copy()
+                tunits = [u for u in find_attention(trial) if u.blocked is None]
+                tu = next(u for u in tunits if u.name == units[i].name
+                          and u.softmax.outputs[0].name == units[i].softmax.outputs[0].name)
+                apply_heads(trial, None, tu, km)
+                alone[i] = output_sqnr_db(ref, trial, feeds[:4])
+        if not ctx.may_rewrite():
+            return PassResult(False, {"units": 0})
+        pruned = 0
+        for i, u in enumerate(units):
+            keep = keeps.get(i)
+            entry: dict[str, Any] = {"pass": "prune", "method": "head", "layer": u.name,
+                                     "heads_before": u.heads, "importance": self.importance,
+                                     "projections": [layer_name(n) for n in u.projections()],
+                                     "out_projection": layer_name(u.out_proj)
+                                     if u.out_proj is not None else None}
+            if keep is None:
+                entry.update(heads_after=u.heads, action="kept",
+                             reason=f"nothing to drop at sparsity {sparsity[i]:.2f}")
+            else:
+                macs0 = unit_macs(u)
+                apply_heads(graph, ctx, u, keep)
+                pruned += 1
+                if i in alone:
+                    entry["alone_sqnr_db"] = alone[i]
+                entry.update(heads_after=int(keep.sum()), action="pruned",
+                             kept=[int(h) for h in np.flatnonzero(keep)],
+                             macs_before=macs0, macs_after=unit_macs(u),
+                             reason=f"lowest {self.importance} importance")
+            report_entry(ctx, entry)
+        stats: dict[str, int | float] = {"units": pruned}
+        if ref and pruned:
+            sq = output_sqnr_db(ref, graph, feeds[:4])
+            stats["output-sqnr-db"] = sq if math.isfinite(sq) else 999.0
+            summarize(ctx, start, {"pass": "prune", "method": "head", "units": pruned}, sq)
+        return PassResult(pruned > 0, stats)
 
     # -- unstructured and N:M ----------------------------------------------------------------
     def _weights(self, graph: Graph, ctx: PassContext) -> PassResult:
+        start = rows_from(ctx)
         nodes = _weight_layers(graph, set(self.layers))
         if self.method == "nm":
             if not 0 <= self.n <= self.m or self.m < 1:
@@ -308,16 +413,16 @@ class Prune(Pass):
         if ref and changed:
             sq = output_sqnr_db(ref, graph, calibration_feeds(graph, ctx, 4))
             stats["output-sqnr-db"] = sq if math.isfinite(sq) else 999.0
-            ctx.report.setdefault("compression_summary", []).append(
-                {"pass": "prune", "method": self.method, "sparsity": round(stats["sparsity"], 4),
-                 "output_sqnr_db": round(sq, 3) if math.isfinite(sq) else None,
-                 "speedup": NO_SPEEDUP})
+            summarize(ctx, start, {"pass": "prune", "method": self.method,
+                                   "sparsity": round(stats["sparsity"], 4),
+                                   "speedup": NO_SPEEDUP}, sq)
         ctx.note(f"{self.method} pruning: {stats['sparsity']:.1%} of the weights of {changed} "
                  f"layers are zero; {NO_SPEEDUP}")
         return PassResult(changed > 0, stats)
 
     # -- structured channels -----------------------------------------------------------------
     def _channels(self, graph: Graph, ctx: PassContext) -> PassResult:
+        start = rows_from(ctx)
         plan = plan_channels(graph)
         per = parse_sparsities(self.sparsities)
         wanted = set(self.layers) | set(per)
@@ -354,6 +459,11 @@ class Prune(Pass):
                                        "batches")
             sens = self._sensitivity(graph, plan, groups, sparsity, acts, feeds[:4], ref)
             sparsity = _allocate(plan, groups, sens, self.sparsity, self.max_sparsity)
+        if not sens and feeds and len(groups) <= MAX_ALONE:  # each group's own error
+            sens = self._sensitivity(graph, plan, groups, sparsity, acts, feeds[:4], ref)
+            measured_only = True
+        else:
+            measured_only = False
         keep = channel_keep_masks(plan, sparsity, self.importance, acts, self.multiple)
         if not ctx.may_rewrite():
             return PassResult(False, {"groups": 0})
@@ -367,7 +477,7 @@ class Prune(Pass):
                 "channels_before": g.channels,
                 "channels_after": int(mask.sum()) if mask is not None else g.channels,
                 "importance": self.importance, "consumers": len(g.terminals)}
-            if g.gid in sens:
+            if g.gid in sens and (mask is not None or not measured_only):
                 entry["alone_sqnr_db"] = sens[g.gid]
             if mask is None:
                 entry.update(action="kept", reason="nothing to drop at sparsity "
@@ -377,15 +487,14 @@ class Prune(Pass):
                 entry.update(action="pruned", sparsity=1 - float(mask.mean()),
                              kept=[int(i) for i in np.flatnonzero(mask)],
                              reason=f"lowest {self.importance} importance"
-                             + (" (sensitivity-allocated)" if sens else ""))
+                             + (" (sensitivity-allocated)" if sens and not measured_only
+                                else ""))
             report_entry(ctx, entry)
         stats: dict[str, int | float] = {"groups": pruned, "blocked": len(plan.blocked())}
         if ref and changed:
             sq = output_sqnr_db(ref, graph, feeds[:4])
             stats["output-sqnr-db"] = sq if math.isfinite(sq) else 999.0
-            ctx.report.setdefault("compression_summary", []).append(
-                {"pass": "prune", "method": "channel", "groups": pruned,
-                 "output_sqnr_db": round(sq, 3) if math.isfinite(sq) else None})
+            summarize(ctx, start, {"pass": "prune", "method": "channel", "groups": pruned}, sq)
         return PassResult(changed, stats)
 
     def _sensitivity(self, graph: Graph, plan: ChannelPlan, groups: list[ChannelGroup],

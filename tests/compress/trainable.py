@@ -87,11 +87,15 @@ class WideConvNet(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: multi-head self-attention and a GELU MLP."""
+    """Pre-norm transformer block: multi-head self-attention and a GELU MLP.
+
+    ``head_mask`` (``[heads]``) multiplies each head's context before the output projection,
+    so a test can compute the "masked reference" of a head-pruned graph."""
 
     def __init__(self, d: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
+        self.head_mask: torch.Tensor | None = None
         self.n1 = nn.LayerNorm(d)
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
@@ -106,7 +110,10 @@ class Block(nn.Module):
         k = k.reshape(b, t, self.heads, -1).transpose(1, 2)
         v = v.reshape(b, t, self.heads, -1).transpose(1, 2)
         att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // self.heads), dim=-1)
-        x = x + self.proj((att @ v).transpose(1, 2).reshape(b, t, d))
+        ctx = att @ v
+        if self.head_mask is not None:
+            ctx = ctx * self.head_mask.reshape(1, -1, 1, 1)
+        x = x + self.proj(ctx.transpose(1, 2).reshape(b, t, d))
         return x + self.fc2(F.gelu(self.fc1(self.n2(x))))
 
 
