@@ -1,7 +1,17 @@
 """The ``edgec`` command line.
 
-Every ``EdgecError`` becomes one line on stderr and exit code 2; ``--debug`` shows the
-traceback. Unexpected exceptions are reported as internal errors with exit code 3.
+Exit codes, the same for every command:
+
+- 0: done (for ``drift --fail-below`` and ``bisect``: the threshold holds);
+- 1: a threshold is broken (``drift --fail-below X``, ``bisect --threshold X``), with one
+  ``edgec: drift:`` line on stderr or the bisect verdict on stdout;
+- 2: bad input (a model, pipeline, file or option): one ``edgec: error:`` line on stderr,
+  plus one ``edgec:`` hint line where there is one (e.g. the crash reproducer's replay
+  command); ``--debug`` shows the traceback;
+- 3: an internal error (an edgec bug), one line; ``--debug`` shows the traceback;
+- 130: interrupted.
+
+``--json`` on every command prints one JSON document on stdout (errors stay on stderr).
 """
 
 from __future__ import annotations
@@ -89,13 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--dump-dir", metavar="DIR", help="write numbered IR files per pass")
     o.add_argument("--time-passes", action="store_true")
     o.add_argument("--pass-statistics", action="store_true")
+    o.add_argument("--verify-each", dest="verify_each", action="store_true", default=True,
+                   help="verify the IR after each pass (the default)")
     o.add_argument("--no-verify", dest="verify_each", action="store_false",
                    help="do not verify the IR after each pass")
     o.add_argument("--bisect-limit", type=int, default=None, metavar="N",
                    help="apply only the first N rewrites (opt-bisect)")
-    o.add_argument("--reproducer", metavar="FILE", default=None,
-                   help="on a pass failure, write the failing pass's input IR and the replay "
-                        "command to FILE")
+    o.add_argument("--reproducer", metavar="FILE", default="reproducer.ir",
+                   help="on a pass failure, write the failing pass's input IR and the "
+                        "pipeline to FILE and print the replay command (default "
+                        "reproducer.ir in the current directory)")
+    o.add_argument("--no-reproducer", dest="reproducer", action="store_const", const=None,
+                   help="write no crash reproducer")
     o.add_argument("--inline-limit", type=int, default=1,
                    help="print constants with at most this many elements in full")
     o.add_argument("--json", action="store_true", help="machine-readable output")

@@ -97,6 +97,13 @@ def run_compile(args: argparse.Namespace) -> int:
             ("SQNR vs FP32", f"{s['sqnr_db']} dB (calibration inputs)"),
             ("time", ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in s["times_s"].items())),
             ("artifacts", args.output)]
+    done = [r for r in cm.report.get("compression", [])
+            if r.get("action") in ("factorized", "pruned", "sparsified", "selected")]
+    if cm.report.get("compression"):
+        kinds = sorted({f"{r['pass']}{'/' + r['method'] if r.get('method') else ''}"
+                        for r in done})
+        rows.append(("compression", f"{len(done)} layers changed ({', '.join(kinds) or '-'});"
+                                    " per layer: --json, report['compression']"))
     for node in cm.report.get("cpu_nodes", [])[:10]:
         rows.append(("on CPU", f"{node['node']} ({node['op']}): {node['reason']}"))
     width = max(len(k) for k, _ in rows)

@@ -12,11 +12,21 @@ window of nodes ending there that still disagrees when compiled alone (``repro.i
 ``repro.onnx``, ``inputs.npz``) with the command that re-runs it. A MODEL that already carries
 encodings is compared as is (that is how a repro is re-run).
 
+``drift --fail-below X`` gates on the result: exit code 1 (and one ``edgec: drift:`` line on
+stderr) when the final outputs measure below ``X`` (dB for ``--metric sqnr``, the default;
+similarity for ``--metric cosine``). With ``--stages`` the HTP simulator's outputs against
+FP32 are measured. ``drift --bisect-limit N`` applies only the first N rewrites, as in
+``edgec opt``.
+
 ``bisect`` finds the first pass after which the outputs break a threshold, then, inside it,
 the first rewrite that breaks it (binary search over ``--bisect-limit``) or, for a pass that
 does not work through rewrites (quantization sets encodings), the node where error jumps.
-It prints the ``edgec opt`` command that reproduces the breaking state, and exits with 1 when
-the threshold is broken (0 when no pass breaks it), so scripts can gate on it.
+It prints the ``edgec drift ... --fail-below`` command that reproduces the breaking state (it
+exits with 1 because the threshold is broken), and exits with 1 itself when the threshold is
+broken (0 when no pass breaks it), so scripts can gate on it.
+
+Exit codes of both: 0 within the threshold, 1 threshold broken, 2 bad input (one
+``edgec: error:`` line), 3 internal error.
 """
 
 from __future__ import annotations
@@ -34,6 +44,9 @@ from typing import Any
 __all__ = ["add_debug_parsers", "run_drift", "run_stage_drift", "run_bisect"]
 
 _METRICS = ("sqnr", "cosine")
+
+#: exit code of ``drift --fail-below`` and ``bisect`` when the threshold is broken
+EXIT_THRESHOLD = 1
 
 
 def _common(p: argparse.ArgumentParser, *, pipeline_required: bool = True) -> None:
@@ -78,6 +91,13 @@ def add_debug_parsers(sub: Any) -> None:
                    help="rows shown besides the first jump and first disagreement: the N "
                         "worst HTP-vs-CPU agreements")
     d.add_argument("--all", action="store_true", help="show every node in the stage table")
+    d.add_argument("--metric", choices=_METRICS, default="sqnr",
+                   help="the metric --fail-below applies to (default sqnr)")
+    d.add_argument("--fail-below", type=float, default=None, metavar="X",
+                   help="exit with 1 when the final outputs measure below X against FP32 "
+                        "(dB for sqnr, similarity for cosine; with --stages: the HTP's outputs)")
+    d.add_argument("--bisect-limit", type=int, default=None, metavar="N",
+                   help="apply only the first N rewrites of the pipeline (as edgec opt)")
     d.set_defaults(func=run_drift)
 
     b = sub.add_parser("bisect", help="first pass, then first rewrite or node, that breaks "
@@ -109,12 +129,38 @@ def _stages_mode(args: argparse.Namespace) -> bool:
     return bool(args.stages or args.repro or (args.target and args.pipeline is None))
 
 
+def _check_gate(args: argparse.Namespace) -> None:
+    from compiler.errors import EdgecError
+
+    if args.bisect_limit is not None and args.bisect_limit < 0:
+        raise EdgecError(f"edgec drift: --bisect-limit must be >= 0, got {args.bisect_limit}")
+    if args.fail_below is not None and not math.isfinite(args.fail_below):
+        raise EdgecError(f"edgec drift: --fail-below must be a finite number, got "
+                         f"{args.fail_below}")
+
+
+def _gate(args: argparse.Namespace, value: float | None, where: str) -> dict[str, Any] | None:
+    """The ``--fail-below`` verdict (None without the flag); writes the one-line message."""
+    if args.fail_below is None:
+        return None
+    broken = value is None or value < args.fail_below
+    unit = " dB" if args.metric == "sqnr" else ""
+    shown = "no value" if value is None else (_db(value) if args.metric == "sqnr"
+                                              else f"{value:.6f}")
+    if broken:
+        sys.stderr.write(f"edgec: drift: {args.metric} {shown}{unit} {where} is below "
+                         f"--fail-below {args.fail_below:g}{unit}\n")
+    return {"metric": args.metric, "fail_below": args.fail_below, "broken": broken,
+            "value": None if value is None or not math.isfinite(value) else round(value, 6)}
+
+
 def run_drift(args: argparse.Namespace) -> int:
     """``edgec drift``."""
     from compiler.errors import EdgecError
     from compiler.numerics import DriftInstrument, first_jump, node_drift
     from compiler.passes import PassContext, PassManager
 
+    _check_gate(args)
     if _stages_mode(args):
         return run_stage_drift(args)
     if args.pipeline is None:
@@ -128,16 +174,22 @@ def run_drift(args: argparse.Namespace) -> int:
         from targets import get_target
 
         options["quant_rules"] = get_target(args.target).quant_rules
-    ctx = PassContext(calibration=feeds, progress=sys.stderr.isatty(), options=options)
+    ctx = PassContext(calibration=feeds, progress=sys.stderr.isatty(), options=options,
+                      bisect_limit=args.bisect_limit)
     PassManager(args.pipeline, instruments=[drift]).run(graph, ctx)
     rows = node_drift(fp32, graph, feeds, limit=args.nodes)
     jump = first_jump(rows, drop_db=args.jump_db)
+    last_pass, last = drift.rows[-1]
+    gate = _gate(args, _value(last, args.metric), f"after {last_pass}")
+    code = EXIT_THRESHOLD if gate is not None and gate["broken"] else 0
     if args.json:
         out = {"passes": [{"pass": n, **m.to_dict()} for n, m in drift.rows],
                "nodes": [r.to_dict() for r in rows],
-               "first_jump": jump.to_dict() if jump else None}
+               "first_jump": jump.to_dict() if jump else None,
+               "rewrites": ctx.rewrites, "bisect_skipped": ctx.bisect_skipped,
+               "gate": gate}
         sys.stdout.write(json.dumps(out, indent=2, sort_keys=True) + "\n")
-        return 0
+        return code
     w = sys.stdout.write
     w(f"{'after pass':<40} {'SQNR dB':>9} {'cosine':>10} {'max abs':>11}\n")
     for name, m in drift.rows:
@@ -150,7 +202,9 @@ def run_drift(args: argparse.Namespace) -> int:
     if jump is not None:
         w(f"\nfirst jump: {jump.op} {jump.node!r} (module {jump.src or '?'}): "
           f"{_db(jump.metrics.sqnr_db)} dB after {jump.extra.get('input_sqnr_db')} dB in\n")
-    return 0
+    if ctx.bisect_skipped:
+        w(f"\nbisect: applied {ctx.rewrites} rewrite(s), skipped {ctx.bisect_skipped}\n")
+    return code
 
 
 @contextlib.contextmanager
@@ -191,7 +245,8 @@ def _stage_graphs(args: argparse.Namespace, tgt: Any) -> tuple[Any, Any, list[di
     fp32 = graph.copy()
     pipeline = args.pipeline or tgt.default_pipeline(args.precision)
     ctx = PassContext(target=tgt.name, calibration=feeds, progress=sys.stderr.isatty(),
-                      options={"quant_rules": tgt.quant_rules, "quant_overrides": {}})
+                      options={"quant_rules": tgt.quant_rules, "quant_overrides": {}},
+                      bisect_limit=args.bisect_limit)
     PassManager(pipeline).run(graph, ctx)
     return fp32, graph, feeds, pipeline
 
@@ -242,11 +297,17 @@ def run_stage_drift(args: argparse.Namespace) -> int:
         "first_jump": jump.to_dict() if jump else None,
         "first_disagreement": dis.to_dict() if dis else None,
         "repro": repro.to_dict() if repro else None, "reproduce": command}
+    outs = [r for r in rows if r.value in set(result["outputs"])]
+    measured = [m for r in outs for m in [r.alone_vs_fp32 if r.alone is not None
+                                          else r.htp_vs_fp32] if m is not None]
+    worst = min((_value(m, args.metric) for m in measured), default=None)
+    result["gate"] = _gate(args, worst, "on the HTP simulator's outputs against FP32")
+    code = EXIT_THRESHOLD if result["gate"] is not None and result["gate"]["broken"] else 0
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        return 0
+        return code
     _print_stages(args, rows, result, jump, dis, repro)
-    return 0
+    return code
 
 
 def _print_stages(args: argparse.Namespace, rows: Sequence[Any], result: dict[str, Any],
@@ -405,24 +466,37 @@ def run_bisect(args: argparse.Namespace) -> int:
                 else:
                     lo = mid
             _, c = run_with(hi)
-            rec = next((t for t in c.trace if t.index == hi - 1), c.trace[-1] if c.trace
-                       else None)
+            # trace indices count from 1, as --bisect-limit does: rewrite number hi broke it
+            rec = next((t for t in c.trace if t.index == hi), None)
             result["first_bad_rewrite"] = {
                 "index": hi, "rule": rec.rule if rec else "?", "root": rec.root if rec else "?",
                 "created": list(rec.created) if rec else [],
                 "removed": list(rec.removed) if rec else []}
-            result["reproduce"] = (f"edgec opt {shlex.quote(str(args.model))} -p "
-                                   f"{shlex.quote(prefix)} --bisect-limit {hi}")
+            result["reproduce"] = _repro_command(args, prefix, hi)
+            result["show_ir"] = (f"edgec opt {shlex.quote(str(args.model))} -p "
+                                 f"{shlex.quote(prefix)} --bisect-limit {hi} "
+                                 "--print-ir-after-change")
     if "first_bad_rewrite" not in result:
         # 3. no rewrite to blame: the node where error jumps across the pass
         rows = node_drift(before, state, feeds)
         jump = first_jump(rows)
         if jump is not None:
             result["first_bad_node"] = jump.to_dict()
-        result["reproduce"] = (f"edgec drift {shlex.quote(str(args.model))} -p "
-                               f"{shlex.quote(prefix)} --calib {shlex.quote(str(args.calib))}")
+        result["reproduce"] = _repro_command(args, prefix, None)
     _report_bisect(args, result)
-    return 1
+    return EXIT_THRESHOLD
+
+
+def _repro_command(args: argparse.Namespace, prefix: str, limit: int | None) -> str:
+    """The ``edgec drift`` command that rebuilds the breaking state and, through
+    ``--fail-below``, exits with 1 because it breaks the threshold."""
+    cmd = (f"edgec drift {shlex.quote(str(args.model))} -p {shlex.quote(prefix)} "
+           f"--calib {shlex.quote(str(args.calib))}")
+    if args.frontend != "auto":
+        cmd += f" --frontend {args.frontend}"
+    if limit is not None:
+        cmd += f" --bisect-limit {limit}"
+    return cmd + f" --metric {args.metric} --fail-below {args.threshold!r}"
 
 
 def _report_bisect(args: argparse.Namespace, result: dict[str, Any]) -> None:
@@ -440,6 +514,7 @@ def _report_bisect(args: argparse.Namespace, result: dict[str, Any]) -> None:
     if "first_bad_rewrite" in result:
         r = result["first_bad_rewrite"]
         w(f"first bad rewrite: #{r['index']} rule {r['rule']} at {r['root']}\n")
+        w(f"show it: {result['show_ir']}\n")
     elif "first_bad_node" in result:
         n = result["first_bad_node"]
         w(f"first node where error jumps: {n['op']} {n['node']!r} (module {n['src'] or '?'}), "

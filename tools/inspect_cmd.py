@@ -71,7 +71,8 @@ def inspect_artifact(path: str | Path) -> dict[str, Any]:
                             sha256=hashlib.sha256(b.read_bytes()).hexdigest())
             parts.append(info)
         elif n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-            cpu.append({"node": n.name, "op": n.op_type})
+            # unnamed nodes (as the CPU target writes them) go by their first output
+            cpu.append({"node": n.name or (n.output[0] if n.output else ""), "op": n.op_type})
     encodings: dict[str, str] = {}
     ir = folder / "model.ir"
     if p.is_dir() and ir.is_file():

@@ -4,7 +4,10 @@ The debugging flags follow LLVM's ``opt``: ``--print-ir-before/after PASS``,
 ``--print-ir-after-all``, ``--print-ir-after-change`` (a unified diff per changing pass),
 ``--print-ir-after-failure``, ``--dump-dir DIR`` (numbered IR files), ``--time-passes``,
 ``--pass-statistics``, ``--bisect-limit N`` (apply only the first N rewrites) and
-``--reproducer FILE`` (on a crash, the failing pass's input IR and the replay command).
+``--verify-each`` (the default; ``--no-verify`` turns it off) and a crash reproducer: when a
+pass fails, the failing pass's input IR and the rest of the pipeline go to ``reproducer.ir``
+(``--reproducer FILE`` elsewhere, ``--no-reproducer`` not at all) and the one-line replay
+command is printed.
 IR goes to stderr, reports to stderr, the result to ``-o`` (``.ir`` or ``.onnx``) or, without
 ``-o``, as IR text to stdout.
 """
@@ -33,6 +36,19 @@ from compiler.passes import (
 __all__ = ["run_opt"]
 
 
+class _Reproducer(CrashReproducerInstrument):
+    """The crash reproducer, but a reproducer that cannot be written (a read-only current
+    directory) must not hide the pass failure: it becomes the hint instead."""
+
+    def on_failure(self, p: Any, graph: Any, ctx: PassContext, exc: PassError) -> None:
+        """Write the reproducer, or say why it could not be written."""
+        try:
+            super().on_failure(p, graph, ctx, exc)
+        except OSError as e:
+            exc.hint = (f"no reproducer: cannot write {self.path}: {e.strerror or e} "  # type: ignore[attr-defined]
+                        "(give --reproducer FILE)")
+
+
 def _write_result(graph: Any, out: Path, inline_limit: int) -> list[Path]:
     suffix = out.suffix.lower()
     if suffix == ".onnx":
@@ -52,6 +68,8 @@ def run_opt(args: argparse.Namespace) -> int:
     from tools.loading import load_model
 
     passes = parse_pipeline(args.pipeline)  # a bad pipeline fails before the model loads
+    if args.bisect_limit is not None and args.bisect_limit < 0:
+        raise EdgecError(f"edgec opt: --bisect-limit must be >= 0, got {args.bisect_limit}")
     out = Path(args.output) if args.output else None
     if out is not None and out.suffix.lower() not in (".ir", ".onnx"):
         raise EdgecError(f"{out}: unknown output format {out.suffix!r} (use .ir or .onnx)")
@@ -70,7 +88,7 @@ def run_opt(args: argparse.Namespace) -> int:
     if args.dump_dir:
         instruments.append(DumpInstrument(args.dump_dir, inline_limit=args.inline_limit))
     if args.reproducer:
-        instruments.append(CrashReproducerInstrument(args.reproducer))
+        instruments.append(_Reproducer(args.reproducer))
     instruments += [i for i in (timing, stats) if i is not None]
 
     ctx = PassContext(bisect_limit=args.bisect_limit, progress=sys.stderr.isatty())
@@ -79,7 +97,7 @@ def run_opt(args: argparse.Namespace) -> int:
         pm.run(graph, ctx)
     except PassError as e:
         if not args.reproducer and getattr(e, "hint", None) is None:
-            e.hint = "rerun with --reproducer FILE to save a replayable reproducer"  # type: ignore[attr-defined]
+            e.hint = "rerun without --no-reproducer to save a replayable reproducer"  # type: ignore[attr-defined]
         raise
 
     for line in ctx.log:

@@ -248,13 +248,16 @@ class _Explode(Pass):
 
 
 def test_pass_failure_writes_a_reproducer_that_replays(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the default reproducer.ir goes to the current directory
     src = _redundant_model(tmp_path)
     passes.register("test-explode", _Explode)
     try:
         line = _refused(capsys, "opt", str(src), "-p", "canonicalize,test-explode",
                         match="test-explode")
         assert "canonicalize" in line  # names the passes that ran before
+        assert (tmp_path / "reproducer.ir").is_file()  # written by default
         code, _, err = _cli(capsys, "opt", str(src), "-p", "canonicalize,test-explode",
                             "--reproducer", str(tmp_path / "repro.ir"))
         assert code == 2 and "repro.ir" in err

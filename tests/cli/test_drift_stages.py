@@ -243,6 +243,16 @@ def test_cli_quantizes_a_float_model_for_the_target(tmp_path: Path,
     assert out["pipeline"] == default_pipeline("w8a16") and out["precision"] == "w8a16"
     assert out["first_disagreement"] is None
     assert all(r["agreement_db"] is None or r["agreement_db"] > 35 for r in out["rows"])
+    # --fail-below gates on the HTP simulator's outputs against FP32
+    (y,) = [r for r in out["rows"] if r["value"] in out["outputs"]]
+    htp_db = y["htp_vs_fp32"]["sqnr_db"]
+    assert out["gate"] is None and 20 < htp_db < 100
+    assert main(["drift", str(tmp_path / "m.ir"), "--target", "htp-v75", "--calib",
+                 str(tmp_path / "in.npz"), "--fail-below", f"{htp_db + 1:.2f}", "--json"]) == 1
+    captured = capsys.readouterr()
+    gate = json.loads(captured.out)["gate"]
+    assert gate["broken"] and gate["value"] == pytest.approx(htp_db, abs=1e-3)
+    assert "on the HTP simulator's outputs against FP32 is below --fail-below" in captured.err
     assert main(["drift", str(tmp_path / "m.ir"), "--target", "htp-v75", "--calib",
                  str(tmp_path / "in.npz"), "--repro", str(tmp_path / "r")]) == 0
     text = capsys.readouterr().out

@@ -245,7 +245,8 @@ def test_screenshot_is_not_blank(driver: Any, resnet_page: Path, tmp_path: Path)
 def test_overlay_is_a_heat_colour_mode(driver: Any, tmp_path: Path, resnet: Graph) -> None:
     path = tmp_path / "cost.html"
     names = [n.outputs[0].name for n in resnet.nodes]
-    write_html(path, resnet, overlay={"cost": {name: float(i) for i, name in enumerate(names)}})
+    write_html(path, resnet, overlay={"cost": {name: float(i) for i, name in enumerate(names)}},
+               units={"cost": "us on htp-v75"})
     open_page(driver, path)
     driver.execute_script("const s = document.getElementById('mode'); s.value = 'cost';"
                           "s.dispatchEvent(new Event('change'));")
@@ -254,4 +255,32 @@ def test_overlay_is_a_heat_colour_mode(driver: Any, tmp_path: Path, resnet: Grap
     assert fills[0] == "rgb(255,247,236)" and fills[-1] == "rgb(179,0,0)"
     assert len(set(fills)) == len(names)
     legend = driver.find_element(By.ID, "legend").text
-    assert "cost: 0.00" in legend and "22.0" in legend
+    assert "cost: 0.00" in legend and "22.0 us on htp-v75" in legend
+    click_node(driver, "svg g.node")
+    assert "cost 0 us on htp-v75" in driver.find_element(By.ID, "details").text
+
+
+def test_ten_thousand_node_page_opens_collapsed_and_fast(driver: Any, tmp_path: Path) -> None:
+    import time
+
+    path = tmp_path / "big10k.html"
+    g = big_graph()  # 10,040 nodes under layers.L.blockB.opK
+    write_html(path, g)
+    t0 = time.perf_counter()
+    log = open_page(driver, path)
+    load_s = time.perf_counter() - t0
+    assert [e for e in log if e["level"] == "SEVERE"] == []
+    assert load_s < 15, load_s
+    # opens on the 40 layer modules, not on 10,000 boxes
+    assert len(driver.find_elements(By.CSS_SELECTOR, "svg g.group")) == 40
+    assert driver.find_elements(By.CSS_SELECTOR, "svg g.node") == []
+    t0 = time.perf_counter()
+    click_node(driver, "svg g.group")  # open a layer: its 5 blocks and the residual Add
+    assert len(driver.find_elements(By.CSS_SELECTOR, "svg g.group")) == 5
+    click_node(driver, "svg g.group")  # open a block: its 10 op modules
+    assert len(driver.find_elements(By.CSS_SELECTOR, "svg g.group")) == 10
+    assert time.perf_counter() - t0 < 5
+    box = driver.find_element(By.ID, "search")
+    box.send_keys("Sigmoid")
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "search-count").text != "")
+    assert driver.find_element(By.ID, "search-count").text == f"{sum(n.op == 'Sigmoid' for n in g.nodes)} matches"

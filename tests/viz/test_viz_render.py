@@ -250,3 +250,62 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["viz", "a.ir", "-o", "g.html", "--before", "b.ir", "--pipeline", "fuse"]) == 2
     assert "not both" in capsys.readouterr().err
     assert main(["viz", "a.ir", "-o", "g.html", "--pipeline", "no-such-pass"]) == 2
+
+
+# -- overlays from the CLI ---------------------------------------------------------------------
+@requires_dot
+def test_cli_cost_and_drift_overlays(tmp_path: Path, resnet: Graph,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    from compiler.passes import PassContext, PassManager
+    from targets.cost import graph_cost
+
+    save_ir(resnet, tmp_path / "m.ir")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "in.npz", x=rng.normal(size=(3, 1, 3, 32, 32)).astype(np.float32))
+    pipeline = "canonicalize,fuse,calibrate,quantize{scheme=w8a8}"
+    out = tmp_path / "g.html"
+    assert main(["viz", str(tmp_path / "m.ir"), "-o", str(out), "--pipeline", pipeline,
+                 "--calib", str(tmp_path / "in.npz"), "--overlay", "cost", "--overlay", "drift",
+                 "--target", "htp-v73", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["overlays"] == ["cost", "drift"]
+    data = page_data(out.read_text())
+    assert data["overlays"] == ["cost", "drift"]
+    assert data["units"]["cost"] == "us on htp-v73" and "SQNR" in data["units"]["drift"]
+    before, after = data["graphs"]
+    # cost: the cost model's prediction for the quantized graph, node by node, in microseconds
+    quant = resnet.copy()
+    feeds = [{"x": a} for a in np.load(tmp_path / "in.npz")["x"]]
+    PassManager(pipeline).run(quant, PassContext(calibration=feeds))
+    want = [c.seconds * 1e6 for c in graph_cost(quant, "htp-v73").nodes]
+    assert [n["cost"] for n in after["nodes"]] == pytest.approx(want)
+    conv = max(n["cost"] for n in after["nodes"] if n["op"] == "Conv")
+    assert conv > max(n["cost"] for n in after["nodes"] if n["op"] == "Relu")
+    assert all(isinstance(n["cost"], float) for n in before["nodes"])  # its own, float costs
+    # drift: -SQNR of each node against FP32, the same numbers 'edgec drift' reports
+    assert main(["drift", str(tmp_path / "m.ir"), "-p", pipeline, "--calib",
+                 str(tmp_path / "in.npz"), "--json"]) == 0
+    rows = {r["value"]: r["sqnr_db"] for r in json.loads(capsys.readouterr().out)["nodes"]}
+    got = {n["outs"][0][0]: n["drift"] for n in after["nodes"]}
+    assert set(got) == set(rows)
+    for value, sqnr in rows.items():
+        assert got[value] == pytest.approx(-sqnr, abs=1e-4)
+    assert all(n["drift"] is None for n in before["nodes"])  # drift describes the result only
+
+
+def test_cli_overlay_errors(tmp_path: Path, resnet: Graph,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    save_ir(resnet, tmp_path / "m.ir")
+    args = ["viz", str(tmp_path / "m.ir"), "-o", str(tmp_path / "g.html")]
+    assert main([*args, "--overlay", "drift"]) == 2
+    assert "--calib" in capsys.readouterr().err
+    assert main([*args, "--overlay", "cost", "--target", "htp-v99"]) == 2
+    assert "htp-v99" in capsys.readouterr().err
+    import numpy as np
+
+    np.savez(tmp_path / "in.npz", x=np.zeros((1, 1, 3, 32, 32), np.float32))
+    assert main([*args, "--overlay", "drift", "--calib", str(tmp_path / "in.npz")]) == 2
+    assert "compares against FP32" in capsys.readouterr().err  # a float model, no pipeline
+    assert not (tmp_path / "g.html").exists()

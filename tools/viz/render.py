@@ -85,14 +85,21 @@ class Page:
 
 
 def render_page(graph: Graph, *, before: Graph | None = None,
-                overlay: dict[str, dict[str, float]] | None = None, title: str = "") -> Page:
-    """Render ``graph`` (see :func:`render_html`) and say how big the result is."""
+                overlay: dict[str, dict[str, float]] | None = None, title: str = "",
+                units: dict[str, str] | None = None,
+                before_overlay: dict[str, dict[str, float]] | None = None) -> Page:
+    """Render ``graph`` (see :func:`render_html`) and say how big the result is. ``units``
+    names the unit of each overlay (``{"cost": "us"}``), shown in the legend and details;
+    ``before_overlay`` gives the ``before`` graph its own overlay values (default: looked up
+    in ``overlay`` by name, like the graph's)."""
     over = _check_overlay(overlay)
+    before_over = over if before_overlay is None else _check_overlay(before_overlay)
+    unit_text = {k: str(v) for k, v in (units or {}).items() if k in over}
     after_m = build_model(graph, over)
     models = [after_m]
     counts = None
     if before is not None:
-        before_m = build_model(before, over)
+        before_m = build_model(before, before_over)
         counts = diff_graphs(before_m, after_m)
         models = [before_m, after_m]
     specs = {f"{i}:{k}": v for i, m in enumerate(models) for k, v in m.views.items()}
@@ -102,7 +109,8 @@ def render_page(graph: Graph, *, before: Graph | None = None,
               for i, (m, role) in enumerate(zip(models, roles))]
     title = title or (f"{before.name} → {graph.name}" if before is not None else graph.name)
     data = {"version": 1, "title": title, "graphs": graphs, "diff": counts,
-            "overlays": [k for k in _OVERLAYS if k in over]}
+            "overlays": [k for k in _OVERLAYS if k in over or k in before_over],
+            "units": unit_text}
     css, js = _asset("viz.css"), _asset("viz.js")
     csp = (f"default-src 'none'; script-src 'sha256-{_sha256(js)}'; "
            f"style-src 'sha256-{_sha256(css)}'; img-src data:; base-uri 'none'; "
@@ -123,18 +131,22 @@ def render_page(graph: Graph, *, before: Graph | None = None,
 
 
 def render_html(graph: Graph, *, before: Graph | None = None,
-                overlay: dict[str, dict[str, float]] | None = None, title: str = "") -> str:
+                overlay: dict[str, dict[str, float]] | None = None, title: str = "",
+                units: dict[str, str] | None = None) -> str:
     """One self-contained HTML page showing ``graph``.
 
     ``before`` adds a side-by-side before/after view with nodes marked added, removed or
     changed. ``overlay`` maps ``"cost"`` and/or ``"drift"`` to ``{node name: value}`` (a
-    node's name, or the name of one of its outputs) and adds heat-colour modes. Raises
-    ``GraphvizNotFoundError`` when Graphviz ``dot`` is not installed.
+    node's name, or the name of one of its outputs) and adds heat-colour modes; ``units``
+    names their units. Raises ``GraphvizNotFoundError`` when Graphviz ``dot`` is not
+    installed.
     """
-    return render_page(graph, before=before, overlay=overlay, title=title).html
+    return render_page(graph, before=before, overlay=overlay, title=title, units=units).html
 
 
 def write_html(path: str | os.PathLike[str], graph: Graph, *, before: Graph | None = None,
-               overlay: dict[str, dict[str, float]] | None = None, title: str = "") -> None:
+               overlay: dict[str, dict[str, float]] | None = None, title: str = "",
+               units: dict[str, str] | None = None) -> None:
     """Render (see :func:`render_html`) and write the page to ``path`` atomically."""
-    atomic_write_text(path, render_html(graph, before=before, overlay=overlay, title=title))
+    atomic_write_text(path, render_html(graph, before=before, overlay=overlay, title=title,
+                                        units=units))

@@ -55,6 +55,11 @@
     return "rgb(" + c.join(",") + ")";
   }
   const HEAT_MODES = ["cost", "drift"];
+  function short(v) { return String(Number(v.toPrecision(4))); }
+  function unitOf(mode) {
+    const u = DATA.units || {};
+    return Object.prototype.hasOwnProperty.call(u, mode) ? " " + String(u[mode]) : "";
+  }
   const range = {};
   for (const m of HEAT_MODES) {
     let lo = Infinity, hi = -Infinity;
@@ -164,7 +169,7 @@
         grad.appendChild(s("rect", { x: i * 5, y: 0, width: 5, height: 12, fill: heat(i / 23) }));
       }
       lg.appendChild(grad);
-      lg.appendChild(h("span", null, hi.toPrecision(3)));
+      lg.appendChild(h("span", null, hi.toPrecision(3) + unitOf(mode)));
       lg.appendChild(h("span", null, "(white: no value)"));
       return;
     }
@@ -215,8 +220,8 @@
       ["module", n.src], ["rule", n.rule], ["pass", n.pass],
       ["placement", n.pl === null ? "(none)" : n.pl], ["placement reason", n.reason],
       ["precision", n.prec],
-      ["cost", typeof n.cost === "number" ? String(n.cost) : null],
-      ["drift", typeof n.drift === "number" ? String(n.drift) : null],
+      ["cost", typeof n.cost === "number" ? short(n.cost) + unitOf("cost") : null],
+      ["drift", typeof n.drift === "number" ? short(n.drift) + unitOf("drift") : null],
       ["diff", n.diff]]));
     if (n.changes && n.changes.length) section("changes", list(n.changes));
     if (n.attrs.length) section("attributes", table(n.attrs));
