@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-__all__ = ["BaselineResult", "cpu_compute_nodes", "export_torchscript", "run_ort_recipe"]
+__all__ = ["BaselineResult", "compile_qdq", "cpu_compute_nodes", "export_torchscript",
+           "run_compiled", "run_ort_recipe"]
 
 
 @dataclass
@@ -120,8 +121,6 @@ def _build(src: Path, work: Path, tag: str, calib: Sequence[dict[str, np.ndarray
         qnn_preprocess_model,
     )
 
-    from targets.hexagon_htp import qnn
-
     t0 = time.perf_counter()
     model_in = src
     if preprocess:
@@ -139,9 +138,36 @@ def _build(src: Path, work: Path, tag: str, calib: Sequence[dict[str, np.ndarray
         init_overrides=init, **kwargs)
     qdq = work / f"{tag}.qdq.onnx"
     quantize(str(model_in), str(qdq), config)
-    arts = qnn.compile_context(qdq, work / f"{tag}.ctx", arch=arch, allow_cpu_fallback=True,
-                               name=tag)
-    return qdq, arts.ctx_onnx, time.perf_counter() - t0
+    ctx = compile_qdq(qdq, work, tag, arch)
+    return qdq, ctx, time.perf_counter() - t0
+
+
+def compile_qdq(qdq: Path, work: Path, tag: str, arch: str) -> Path:
+    """Compile a QDQ ONNX model into a QNN HTP context model the way a user of the EP gets it
+    (CPU fallback allowed); returns the EPContext model's path (``<work>/<tag>.ctx/*.onnx``).
+    Every baseline (ORT's recipes, AIMET's) goes through here, so they compile the same way."""
+    from targets.hexagon_htp import qnn
+
+    return qnn.compile_context(qdq, work / f"{tag}.ctx", arch=arch, allow_cpu_fallback=True,
+                               name=tag).ctx_onnx
+
+
+def run_compiled(label: str, ctx_path: Path, heldout: Sequence[dict[str, np.ndarray]],
+                 compile_s: float) -> BaselineResult:
+    """Run a compiled baseline on the held-out feeds on the HTP simulator (profiling the first)
+    and count its contexts and CPU nodes."""
+    from targets.hexagon_htp import qnn
+
+    outs: list[list[np.ndarray]] = []
+    cycles = None
+    for j, feed in enumerate(heldout):
+        r = qnn.run_context(ctx_path, feed, profile=(j == 0))
+        outs.append(list(r.outputs.values()))
+        if r.profile is not None:
+            cycles = float(r.profile.total_cycles)
+    return BaselineResult(label, True, outputs=outs, contexts=qnn.count_contexts(ctx_path),
+                          cpu_nodes=cpu_compute_nodes(ctx_path), cycles=cycles,
+                          compile_s=compile_s)
 
 
 def cpu_compute_nodes(ctx_path: Path) -> int:
@@ -157,9 +183,8 @@ def run_ort_recipe(onnx_path: Path, work: Path, calib: Sequence[dict[str, np.nda
                    score: Any = None) -> tuple[BaselineResult, list[BaselineResult]]:
     """Build the strong (or default) ORT recipe for ``onnx_path`` at ``scheme`` (w8a8 or w8a16)
     and run it on the simulator. Returns the best variant by ``score(reference, outputs)``
-    (higher is better) and every variant tried."""
-    from targets.hexagon_htp import qnn
-
+    (higher is better) and every variant tried (``compile_s`` of each, failed ones included,
+    is its quantize + compile time: their sum is what finding the best variant costs)."""
     a16 = scheme == "w8a16"
     if strong:
         kinds = ["", "softmax"] + ([] if a16 else ["ln16", "softmax+ln16"])
@@ -172,24 +197,16 @@ def run_ort_recipe(onnx_path: Path, work: Path, calib: Sequence[dict[str, np.nda
         tag = f"{'strong' if strong else 'default'}{i}"
         label = (f"{v['method']}{'+' + str(v['overrides']) if v['overrides'] else ''}"
                  f"{'+per-channel' if v['per_channel'] else ''}")
+        t0 = time.perf_counter()
         try:
-            qdq, ctx_path, secs = _build(onnx_path, work, tag, calib, a16=a16, arch=arch,
-                                         **v)  # type: ignore[arg-type]
-            del qdq
-            outs: list[list[np.ndarray]] = []
-            cycles = None
-            for j, feed in enumerate(heldout):
-                r = qnn.run_context(ctx_path, feed, profile=(j == 0))
-                outs.append(list(r.outputs.values()))
-                if r.profile is not None:
-                    cycles = float(r.profile.total_cycles)
-            res = BaselineResult(label, True, outputs=outs,
-                                 contexts=qnn.count_contexts(ctx_path),
-                                 cpu_nodes=cpu_compute_nodes(ctx_path), cycles=cycles,
-                                 compile_s=secs)
+            _, ctx_path, secs = _build(onnx_path, work, tag, calib, a16=a16, arch=arch,
+                                       **v)  # type: ignore[arg-type]
+            res = run_compiled(label, ctx_path, heldout, secs)
         except Exception as e:  # a baseline that fails to build is a result, not a crash
+            # a failed variant still cost the user its time: count it
             res = BaselineResult(label, False, error=f"{type(e).__name__}: "
-                                 f"{str(e).splitlines()[0] if str(e) else ''}"[:300])
+                                 f"{str(e).splitlines()[0] if str(e) else ''}"[:300],
+                                 compile_s=time.perf_counter() - t0)
         tried.append(res)
     ok = [r for r in tried if r.ok and r.outputs is not None]
     if not ok:

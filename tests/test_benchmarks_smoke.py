@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -19,3 +21,86 @@ def test_ingest_quick_writes_its_table(tmp_path: Path) -> None:
     for stage in ("import s", "canonicalize", "export s", "peak MB", "linear scaling"):
         assert stage in table
     assert "| 2 | edgec |" in table and "| 4 | onnx |" in table
+
+
+# -- the HTP benchmark's AIMET baseline and fairness columns -------------------------------------
+def test_feeds_round_trip_through_npz(tmp_path: Path) -> None:
+    import numpy as np
+
+    from benchmarks.aimet_baseline import load_feeds, save_feeds
+
+    rng = np.random.default_rng(0)
+    feeds = [{"input.1": rng.standard_normal((1, 3, 4, 4)).astype(np.float32),
+              "ids": rng.integers(0, 9, (1, 5))} for _ in range(12)]
+    save_feeds(tmp_path / "c.npz", feeds)
+    back = load_feeds(tmp_path / "c.npz")
+    assert len(back) == 12  # batch order survives ten-plus batches
+    for a, b in zip(feeds, back):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k])
+
+
+def test_plain_pipeline_turns_only_the_auto_policy_off() -> None:
+    from benchmarks.htp import plain_pipeline
+    from compiler.passes import PassManager
+    from targets.hexagon_htp.target import HtpTarget
+
+    plain = plain_pipeline("75", "w8a8")
+    default = HtpTarget("75").default_pipeline("w8a8")
+    quant = [p for p in PassManager(plain).passes if p.name == "quantize"]
+    assert len(quant) == 1 and quant[0].auto is False and quant[0].scheme == "w8a8"
+    assert plain.replace("auto=false,", "") == default
+
+
+def test_targets_table_judges_compile_time_on_the_best_variant() -> None:
+    from benchmarks.htp import targets_table
+
+    def row(build: str, **kw: object) -> dict[str, object]:
+        return {"model": "vit", "scheme": "w8a8", "build": build, **kw}
+
+    text = targets_table([
+        row("edgec", score=40.0, cycles=12e6, compile_s=3.0),
+        row("edgec-plain", score=30.0, cycles=10e6, compile_s=2.0),
+        row("aimet", score=31.5, cycles=9e6, compile_s=9.0),
+        row("ort-strong", score=29.0, compile_s=2.0, compile_all_s=12.0),
+        row("ort-default", error="FinalizeError: ..."),
+    ])
+    line = next(t for t in text.splitlines() if t.startswith("| vit |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3:] == ["aimet 31.5", "+8.5", "1.20x", "1.50x", "0.25x"]
+
+
+def test_aimet_build_without_its_venv_is_a_visible_skip(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "benchmarks/htp.py", "--models", "resnet", "--schemes",
+                        "w8a8", "--builds", "aimet", "--aimet-python",
+                        str(tmp_path / "nowhere" / "bin" / "python"), "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = (tmp_path / "htp.md").read_text()
+    assert "| resnet | w8a8 | aimet |" in table
+    assert "skipped: no " in table and "make bench-aimet-env" in table
+
+
+AIMET_PYTHON = ROOT / ".venv-aimet" / "bin" / "python"
+
+
+@pytest.mark.htp
+@pytest.mark.slow
+@pytest.mark.skipif(not AIMET_PYTHON.exists(),
+                    reason="no .venv-aimet: run `make bench-aimet-env` for the AIMET baseline")
+def test_aimet_baseline_compiles_and_runs_on_the_simulator(tmp_path: Path) -> None:
+    import json
+
+    r = subprocess.run([sys.executable, "benchmarks/htp.py", "--models", "resnet", "--schemes",
+                        "w8a16", "--builds", "aimet", "--out", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (res,) = json.loads((tmp_path / "htp.json").read_text())
+    assert "error" not in res, res.get("error")
+    assert res["aimet"]["seq_mse"] is True and res["aimet"]["config"] == "htp_v75"
+    assert res["contexts"] == 1 and res["cpu_nodes"] == 0 and res["cycles"] > 0
+    # the HTP runs what AIMET's QDQ model computes on the CPU, and that is a real quantization
+    assert 25.0 < res["score"] < 80.0
+    assert abs(res["score"] - res["cpu_qdq_score"]) < 1.0
+    assert res["compile_s"] > res["aimet"]["seconds"]["seq_mse_s"]

@@ -230,10 +230,16 @@ def test_profile_reports_cycles(built: dict) -> None:
     assert any(n.startswith("conv") for n in names)
     assert all(op.cycles >= 0 and op.graph == 0 for op in prof.ops)
     assert sum(op.cycles for op in prof.ops) > 0
-    # A cached profiling session appends to its file; each result holds its own run only.
-    again = qnn.run_context(art.ctx_onnx, {"x": _inputs(2)}, profile=True).profile
-    assert again is not None and len(again.ops) == len(prof.ops)
-    assert 0.5 < again.total_cycles / prof.total_cycles < 2.0
+    # A cached profiling session appends to its file; each result holds its own run only: the
+    # same op count every time, and totals that do not grow run after run (an appended file
+    # would give ~k times the first run at the k-th). Single runs can be outliers (2.8x seen
+    # once in dozens), so the check is on the median.
+    totals = [prof.total_cycles]
+    for _ in range(4):
+        again = qnn.run_context(art.ctx_onnx, {"x": _inputs(2)}, profile=True).profile
+        assert again is not None and len(again.ops) == len(prof.ops)
+        totals.append(again.total_cycles)
+    assert sorted(totals)[2] < 2.0 * min(totals)
     assert _listing(art.ctx_onnx.parent) == before
 
 
