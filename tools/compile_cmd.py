@@ -77,8 +77,16 @@ def run_compile(args: argparse.Namespace) -> int:
 
         graph = (load_torch(model, example) if example is not None else load_onnx(model))
         calib = load_inputs(args.calib, graph)
+    elif example is None and args.precision in ("fp16", "fp32"):
+        # nothing to calibrate: one generated sample measures the float build's error
+        from compiler.frontends import load_onnx
+        from tools.loading import synthetic_inputs
+
+        calib = synthetic_inputs(load_onnx(model))
+        sys.stderr.write("edgec: no --calib: the SQNR is measured on one generated input\n")
     elif example is None:
-        raise EdgecError("an .onnx model needs --calib INPUTS.npz to calibrate with")
+        raise EdgecError("an .onnx model needs --calib INPUTS.npz to calibrate with "
+                         f"(--precision {args.precision} quantizes)")
     cm = compiler.compile(model, example, target=target, precision=args.precision,
                           calibration_data=calib if calib is not None else [example],
                           overrides=overrides, pipeline=args.pipeline, output_dir=args.output,

@@ -108,3 +108,25 @@ def load_inputs(path: str | Path, graph: Graph) -> list[dict[str, Any]]:
     if counts == {0}:
         raise QuantizationError(f"{p}: holds no samples")
     return [{n: s[i] for n, s in zip(names, samples)} for i in range(counts.pop())]
+
+
+def synthetic_inputs(graph: Graph, seed: int = 0) -> list[dict[str, Any]]:
+    """One generated sample for ``graph``'s inputs (float: standard normal from ``seed``;
+    integer and bool: zeros), for float builds that need no calibration but still report an
+    error against FP32. An input without a static shape is an error naming it."""
+    import numpy as np
+
+    from compiler.errors import QuantizationError
+
+    rng = np.random.default_rng(seed)
+    feed: dict[str, Any] = {}
+    for v in graph.inputs:
+        dims = v.type.shape
+        if dims is None or not all(isinstance(d, int) for d in dims):
+            raise QuantizationError(f"graph input {v.name!r} is {v.type}, not a static shape: "
+                                    "give --calib INPUTS.npz")
+        shape = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+        dt = v.dtype.numpy
+        feed[v.name] = (rng.standard_normal(shape).astype(dt) if v.dtype.is_float
+                        else np.zeros(shape, dt))
+    return [feed]

@@ -281,3 +281,20 @@ def test_demo_compiles_runs_on_the_simulator_and_writes_only_its_folder(
     assert info["heldout"]["sqnr_db"] > 40
     assert set(tmp_path.iterdir()) == {out}
     assert {p.name for p in out.iterdir()} >= {"model.onnx", "model.ir", "report.json"}
+
+
+def test_compile_float_onnx_needs_no_calib_and_quantized_does(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    _save(_weight_model(np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)), model)
+    code, out, err = _cli(capsys, "compile", str(model), "--target", "cpu", "--precision",
+                          "fp32", "-o", str(tmp_path / "out"), "--json")
+    assert code == 0, err
+    assert "generated input" in err
+    report = json.loads(out)
+    assert report["summary"]["precision"] == "fp32"
+    assert (tmp_path / "out" / "model.onnx").is_file()
+    line = _refused(capsys, "compile", str(model), "--target", "cpu", "--precision", "w8a8",
+                    "-o", str(tmp_path / "out2"), match="needs --calib")
+    assert "w8a8" in line
+    assert not (tmp_path / "out2").exists()
