@@ -9,7 +9,12 @@ graph costed at the scheme, as ``edgec explain`` does):
 - ``greedy``: every node the HTP takes on the HTP, the rest on the CPU (what Qualcomm's QNN EP
   partitioner does, one op at a time);
 - ``cost``: ``passes/partition`` (min-cut + local search over partitions, launches and
-  transfers included).
+  transfers included): ``target=["htp-v75", "cpu"]``;
+- ``fallback``: one NPU with the CPU as a fallback (``target="htp-v75"``): greedy, then small
+  NPU islands moved to the CPU when predicted faster by a margin.
+
+A second table varies the HTP's per-graph launch overhead (``graph_overhead_s``, 50 us in the
+device table, an assumption) to 10 and 250 us, the MAC rates left as fitted at 50 us.
 
 Two front doors: ``fx`` (edgec's importer and its default float pipeline, which fuses erf-GELU
 into Gelu) and ``onnx`` (``torch.onnx.export``'s TorchScript exporter, only ``canonicalize``:
@@ -41,10 +46,11 @@ FLOAT = "canonicalize,fuse,lower-group-norm,canonicalize"
 def _models(quick: bool) -> dict[str, Any]:
     from tests.models.reference_cnns import REFERENCE_CNNS, build_reference
     from tests.models.zoo import ZOO
-    from tests.partition.models import sandwich
+    from tests.partition.models import island, sandwich
 
     out: dict[str, Any] = {name: ZOO[name] for name in sorted(ZOO)}
     out["erf-sandwich"] = sandwich
+    out["erf-island"] = island
     if not quick:
         for name in sorted(REFERENCE_CNNS):
             out[name] = (lambda name=name: build_reference(name))
@@ -102,6 +108,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 cost, greedy = place(g, TARGETS, "cost", precision=precision,
                                      assume_quantized=True, write=False)
                 secs = time.perf_counter() - t0
+                fb, _ = place(g, TARGETS, "fallback", precision=precision,
+                              assume_quantized=True, write=False)
 
                 def parts(pl: Any) -> tuple[int, int, int]:
                     npu = sum(1 for p in pl.partitions if p.target.startswith("htp"))
@@ -112,6 +120,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
                 gp, gn, gc = parts(greedy)
                 cp, cn, cc = parts(cost)
+                fp, fn, fc = parts(fb)
                 rows.append({
                     "model": name, "front": front, "precision": precision,
                     "nodes": len(g.nodes),
@@ -120,6 +129,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                     "cost_us": round(cost.total_s * 1e6, 2), "cost_partitions": cp,
                     "cost_npu_partitions": cn, "cost_cpu_nodes": cc,
                     "speedup": round(greedy.total_s / cost.total_s, 3),
+                    "fallback_us": round(fb.total_s * 1e6, 2), "fallback_partitions": fp,
+                    "fallback_npu_partitions": fn, "fallback_cpu_nodes": fc,
                     "solve_s": round(secs, 3),
                 })
                 print(f"{name:<14} {front:<4} {precision:<5} greedy {rows[-1]['greedy_us']:>9.1f}"
@@ -137,8 +148,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "torch.onnx TorchScript export + canonicalize (erf-GELU left as exported).",
         "",
         "| model | front | precision | nodes | greedy us | greedy partitions | greedy CPU | "
-        "cost us | cost partitions | cost CPU | speedup | solve s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "cost us | cost partitions | cost CPU | speedup | fallback us | fallback partitions | "
+        "fallback CPU | solve s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
@@ -146,10 +158,79 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{r['greedy_us']:.1f} | {r['greedy_partitions']} ({r['greedy_npu_partitions']}) | "
             f"{r['greedy_cpu_nodes']} | {r['cost_us']:.1f} | {r['cost_partitions']} "
             f"({r['cost_npu_partitions']}) | {r['cost_cpu_nodes']} | x{r['speedup']:.2f} | "
+            f"{r['fallback_us']:.1f} | {r['fallback_partitions']} "
+            f"({r['fallback_npu_partitions']}) | {r['fallback_cpu_nodes']} | "
             f"{r['solve_s']:.2f} |")
     worse = [r for r in rows if r["cost_us"] > r["greedy_us"] + 1e-6]
+    fb_worse = [r for r in rows if r["fallback_us"] > r["greedy_us"] + 1e-6]
+    fb_moved = [r for r in rows if r["fallback_cpu_nodes"] != r["greedy_cpu_nodes"]]
     lines += ["", f"Cost-driven placement predicted slower than greedy: {len(worse)} of "
-              f"{len(rows)} rows."]
+              f"{len(rows)} rows. Fallback placement predicted slower than greedy: "
+              f"{len(fb_worse)}; different from greedy: {len(fb_moved)} rows."]
+    return "\n".join(lines) + "\n"
+
+
+def sensitivity(overheads: tuple[float, ...] = (10e-6, 50e-6,
+                                                                            250e-6),
+                quick: bool = False) -> list[dict[str, Any]]:
+    """The same placements with the HTP's ``graph_overhead_s`` set to each of ``overheads``
+    (the MAC rates stay as fitted at 50 us): per value, how many rows the cost-driven policy
+    takes wholly off the NPU, where the fallback policy differs from greedy, the mean
+    cost-vs-greedy speedup, and ResNet-50 W8A8's predicted latency against AI Hub's 0.69 ms."""
+    import dataclasses
+
+    from passes.partition import place
+    from targets.cost import graph_cost
+    from targets.hexagon_htp import target as htp
+
+    graphs = {(name, front): _graph(f, front) for name, f in _models(quick).items()
+              for front in ("fx", "onnx")}
+    r50 = None
+    if not quick:
+        from tests.models.reference_cnns import build_reference
+
+        r50 = _graph(lambda: build_reference("resnet50"), "fx")
+    arch = TARGETS[0].split("-v")[1]
+    saved = htp.DEVICES[arch]
+    out = []
+    try:
+        for oh in overheads:
+            htp.DEVICES[arch] = dataclasses.replace(saved, graph_overhead_s=oh)
+            off_npu = fb_moved = 0
+            speedups = []
+            for g0 in graphs.values():
+                for precision in ("w8a8", "w8a16"):
+                    cost, greedy = place(g0.copy(), TARGETS, "cost", precision=precision,
+                                         assume_quantized=True, write=False)
+                    fb, _ = place(g0.copy(), TARGETS, "fallback", precision=precision,
+                                  assume_quantized=True, write=False)
+                    off_npu += all(a == "cpu" for a in cost.assign)
+                    fb_moved += fb.assign != greedy.assign
+                    speedups.append(greedy.total_s / cost.total_s)
+            out.append({
+                "graph_overhead_us": round(oh * 1e6, 1), "rows": len(speedups),
+                "cost_all_cpu_rows": off_npu, "fallback_changed_rows": fb_moved,
+                "mean_cost_speedup": round(sum(speedups) / len(speedups), 3),
+                "resnet50_w8a8_v75_ms": (round(graph_cost(r50, TARGETS[0], "a8w8").seconds
+                                               * 1e3, 3) if r50 is not None else None),
+            })
+            print(f"overhead {oh * 1e6:.0f} us: {out[-1]}", file=sys.stderr)
+    finally:
+        htp.DEVICES[arch] = saved
+    return out
+
+
+def sensitivity_markdown(sens: list[dict[str, Any]]) -> str:
+    """The sensitivity table as markdown."""
+    lines = ["", "HTP per-graph launch overhead (`graph_overhead_s`) sensitivity, MAC rates as "
+             "fitted at 50 us; rows = (model, front, precision) of the table above:", "",
+             "| graph overhead us | rows | cost policy wholly on CPU | fallback differs from "
+             "greedy | mean cost speedup vs greedy | ResNet-50 W8A8 v75 ms (AI Hub 0.69) |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for r in sens:
+        r50 = "—" if r["resnet50_w8a8_v75_ms"] is None else f"{r['resnet50_w8a8_v75_ms']:.3f}"
+        lines.append(f"| {r['graph_overhead_us']:.0f} | {r['rows']} | {r['cost_all_cpu_rows']} "
+                     f"| {r['fallback_changed_rows']} | x{r['mean_cost_speedup']:.2f} | {r50} |")
     return "\n".join(lines) + "\n"
 
 
@@ -160,11 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
     rows = run(args.quick)
-    md = markdown(rows)
+    sens = sensitivity(quick=args.quick)
+    md = markdown(rows) + sensitivity_markdown(sens)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "placement-quick" if args.quick else "placement"
     (args.out / f"{stem}.md").write_text(md)
-    (args.out / f"{stem}.json").write_text(json.dumps({"targets": TARGETS, "rows": rows},
+    (args.out / f"{stem}.json").write_text(json.dumps({"targets": TARGETS, "rows": rows,
+                                                       "sensitivity": sens},
                                                       indent=1) + "\n")
     sys.stdout.write(md)
     return 0

@@ -8,8 +8,9 @@ percentage (nodes off the NPU), each partition's predicted latency and transfer 
 greedy capability placement for comparison, and a suggested fix for nodes the NPU refuses
 where one is known.
 
-``--target htp-v75`` explains what ``compile(target="htp-v75")`` does (every node the NPU takes
-on the NPU, the CPU as a fallback); ``--target htp-v75,cpu`` the cost-driven placement of
+``--target htp-v75`` explains the NPU with the CPU as a fallback (policy ``fallback``: every
+node the NPU takes on the NPU, then small NPU islands moved to the CPU where that is predicted
+faster by a margin); ``--target htp-v75,cpu`` the cost-driven placement of
 ``compile(target=["htp-v75", "cpu"])``. ``--pin PATTERN=TARGET`` adds placement pins.
 """
 
@@ -58,8 +59,10 @@ def add_explain_parser(sub: Any) -> None:
                         "predicted cost); default htp-v75")
     p.add_argument("--precision", default="w8a8",
                    choices=["w8a8", "w8a16", "w4a16", "fp16", "fp32"])
-    p.add_argument("--policy", choices=["cost", "greedy"], default=None,
-                   help="override: cost (lowest predicted latency) or greedy (capability)")
+    p.add_argument("--policy", choices=["cost", "greedy", "fallback"], default=None,
+                   help="override: cost (lowest predicted latency), greedy (capability) or "
+                        "fallback (greedy, then small NPU islands to the CPU when predicted "
+                        "faster; the default for one NPU target)")
     p.add_argument("--pipeline", default=None,
                    help="float pipeline to run first (default: the target's float pipeline)")
     p.add_argument("--pin", action="append", default=[], metavar="PATTERN=TARGET",
@@ -91,8 +94,50 @@ def suggest_fix(op: str, reason_code: str, detail: str, node: Any = None) -> str
     if reason_code == "dynamic-shape":
         return "export with static shapes (fixed batch and sequence length)"
     if reason_code == "too-large-for-vtcm":
+        if op in ("Softmax", "LogSoftmax"):
+            return ("the whole row must sit in VTCM: shorten the softmax axis (e.g. "
+                    "reshape [n] -> [k, n/k] for a per-chunk softmax and renormalize with the "
+                    "chunk sums) or keep it on the CPU")
         return "split the tensor (smaller tiles or batch) so it fits VTCM"
+    if reason_code == "rank":
+        return ("merge adjacent axes with Reshape so every tensor has at most 5 dimensions "
+                "(e.g. a 6-D pixel-shuffle Transpose -> DepthToSpace/SpaceToDepth, or fold "
+                "the batch into a neighbouring axis)")
+    if reason_code == "attribute":
+        return _ATTRIBUTE_FIXES.get(op, {}).get(_attribute_kind(op, detail))
     return None
+
+
+#: op -> refusal kind (:func:`_attribute_kind`) -> the change that brings it onto the HTP
+_ATTRIBUTE_FIXES: dict[str, dict[str, str]] = {
+    "ConvTranspose": {"dilations": "dilate the kernel instead: insert (d-1) zeros between the "
+                                   "taps of the weight and use dilations=1 (same result)"},
+    "Pad": {"wrap": "write circular padding as Concat of Slices of the input "
+                    "(torch.cat([x[..., -p:], x, x[..., :p]])): Slice and Concat run on the HTP"},
+    "Resize": {"nearest": "use nearest_mode='floor' (torch's nn.Upsample(mode='nearest') "
+                          "exports it) or coordinate_transformation_mode='half_pixel'",
+               "antialias": "drop antialias (antialias=False), or low-pass first with an "
+                            "AveragePool, which the HTP runs"},
+    "LpNormalization": {"p": "write the L1 norm as x / ReduceSum(Abs(x)) "
+                             "(x / x.abs().sum(dim, keepdim=True)): Abs, ReduceSum and Div "
+                             "run on the HTP"},
+}
+
+
+def _attribute_kind(op: str, detail: str) -> str:
+    """Which attribute of ``op`` the refusal ``detail`` (``targets/hexagon_htp/target.py``,
+    ``attribute_refusal``) is about."""
+    if "dilations" in detail:
+        return "dilations"
+    if "'wrap'" in detail:
+        return "wrap"
+    if "antialias" in detail:
+        return "antialias"
+    if op == "Resize":
+        return "nearest"
+    if op == "LpNormalization":
+        return "p"
+    return ""
 
 
 def _pins(items: list[str]) -> dict[str, str]:
@@ -118,7 +163,7 @@ def explain(graph: Any, targets: list[str], *, precision: str = "w8a8",
     explicit = len(names) > 1
     if not explicit and names[0] != "cpu":
         names.append("cpu")
-    chosen = policy or ("cost" if explicit else "greedy")
+    chosen = policy or ("cost" if explicit else "fallback")
     first = get_target(names[0])
     pipe = pipeline if pipeline is not None else first.default_pipeline("fp32")
     if pipe:
@@ -160,6 +205,10 @@ def _print(rep: dict[str, Any], show_all: bool) -> None:
     alt = rep["alternative"]
     label = f"{alt['policy']} placement"
     w(f"{label:<18} {alt['predicted_us']:.1f} us in {alt['partitions']} partition(s)\n")
+    greedy = rep.get("greedy")
+    if greedy is not None and "greedy" not in (rep["policy"], alt["policy"]):
+        w(f"{'greedy placement':<18} {greedy['predicted_us']:.1f} us in "
+          f"{greedy['partitions']} partition(s)\n")
     w(f"{'fallback':<18} {off} of {total} nodes off the NPU ({rep['fallback_pct']:.1f}%)\n")
     w("\npartitions:\n")
     for p in rep["partitions"]:

@@ -1,6 +1,6 @@
 """``partition``: give every node a target so that total predicted latency is lowest.
 
-    partition{targets=htp-v75|cpu, policy=cost}
+    partition{targets=htp-v75|cpu, policy=cost}     (or policy=greedy, policy=fallback)
 
 Pins come from ``ctx.options["placement"]`` (``{"layers.0.*": "cpu", "op:Softmax": "htp"}``,
 see :mod:`passes.partition.pins`). The pass writes ``node.placement`` (``htp``/``cpu``/``gpu``)
@@ -28,8 +28,10 @@ class Partition(Pass):
     summary: ClassVar[str] = "Place nodes on targets by predicted latency, transfers included"
     targets: tuple[str, ...] = option(("htp-v75", "cpu"),
                                       "targets to place on; greedy prefers them in this order")
-    policy: Literal["cost", "greedy"] = option(
-        "cost", "cost = lowest predicted latency; greedy = first capable target per node")
+    policy: Literal["cost", "greedy", "fallback"] = option(
+        "cost", "cost = lowest predicted latency; greedy = first capable target per node; "
+                "fallback = greedy, then NPU islands moved to the CPU when that is predicted "
+                "faster by a margin")
     precision: str | None = option(
         None, "scheme to cost nodes without encodings at (w8a8, w8a16, ...); none = float")
     assume_quantized: bool = option(

@@ -22,6 +22,10 @@ The solvers (:func:`solve`):
 
 - ``greedy``: every item on the first target (in the order given) that takes it, what
   capability-based flows (Qualcomm's QNN EP partitioner) do;
+- ``fallback`` (one NPU with the CPU as a fallback): greedy, then small NPU islands moved
+  wholly to the CPU when the predicted total drops by more than a margin; the biggest NPU
+  partition stays, and a model the NPU fully supports is left as one NPU partition
+  (:func:`_fallback`);
 - ``cost``: a minimum s-t cut (networkx) of node costs plus tensor transfers for two targets
   (cheapest-per-item for more), then local search over the exact objective: move a whole
   partition, or one item at a partition boundary, to another target while that lowers the
@@ -49,7 +53,17 @@ from targets.base import DeviceSpec
 __all__ = ["Item", "Flow", "Problem", "Partition", "Placement", "Policy", "build_problem",
            "evaluate", "solve", "greedy_assignment", "family"]
 
-Policy = Literal["cost", "greedy"]
+Policy = Literal["cost", "greedy", "fallback"]
+
+#: ``fallback``: an NPU island moves to the CPU only when the predicted total drops by more
+#: than this many seconds ...
+FALLBACK_MARGIN_S = 5e-6
+#: ... and by more than this fraction of the total (both: a conservative margin, so model
+#: error cannot flip a placement the user asked the NPU for)
+FALLBACK_MARGIN_FRAC = 0.05
+#: ... and only small islands: at most this fraction of the anchor's (the biggest NPU
+#: partition's) predicted compute or of its node count; comparable halves of a model stay
+FALLBACK_ISLAND_FRAC = 0.25
 
 #: local-search rounds at most (each applies one strictly improving move)
 _MAX_ROUNDS = 200
@@ -78,6 +92,8 @@ class Item:
     pin: tuple[str, str] | None = None
     #: target -> each member's own cost, in ``nodes`` order (they sum to ``cost``)
     node_costs: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    #: each member's own pin ``(target, pattern)`` or None, in ``nodes`` order
+    member_pins: tuple[tuple[str, str] | None, ...] = ()
 
     @property
     def label(self) -> str:
@@ -148,6 +164,13 @@ class Placement:
     total_s: float
     policy: str = "cost"
     reasons: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: node name -> ``(code, sentence)`` where a member of an item has its own reason (a
+    #: unit placed by a pin on one of its members); the rest take their item's
+    node_reasons: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def reason_of(self, item: int, name: str) -> tuple[str, str]:
+        """``(code, sentence)`` of node ``name`` of item ``item``."""
+        return self.node_reasons.get(name) or self.reasons.get(item, ("", ""))
 
     def target_of(self) -> dict[str, str]:
         """Node name -> target name."""
@@ -325,7 +348,8 @@ def build_problem(graph: Graph, targets: Sequence[str], *,
                 + "; ".join(f"{t}: {r}" for t, r in item_refusals.items()))
         items.append(Item(renum[old], ns, tuple(names[id(n)] for n in ns),
                           str(unit) if unit else None, cost, allowed, item_refusals, pin,
-                          {t: tuple(per_node[i][0][t] for i in members) for t in names_t}))
+                          {t: tuple(per_node[i][0][t] for i in members) for t in names_t},
+                          tuple(per_node[i][2] for i in members)))
     item_dag: nx.DiGraph = nx.DiGraph()
     item_dag.add_nodes_from(range(len(items)))
     item_dag.add_edges_from((renum[a], renum[b]) for a, b in dag.edges)
@@ -527,13 +551,62 @@ def _refine(problem: Problem, assign: list[str], policy: str) -> Placement:
     return best
 
 
+def _size(problem: Problem, p: Partition) -> int:
+    return sum(len(problem.items[i].nodes) for i in p.items)
+
+
+def _fallback(problem: Problem) -> Placement:
+    """One NPU with the CPU as a fallback, cost-driven but conservative.
+
+    Start from the greedy placement (every item the NPU takes on the NPU). When that puts
+    nothing on the CPU, keep it: a model the NPU fully supports stays one NPU partition. Else
+    the NPU partition with the most predicted NPU compute is the anchor and stays; every other
+    NPU partition that is small (an island between CPU fallbacks with at most
+    :data:`FALLBACK_ISLAND_FRAC` of the anchor's compute or nodes) may move wholly to the CPU
+    when that lowers the predicted total, launches and transfers included, by more than the
+    margin (:data:`FALLBACK_MARGIN_S` and :data:`FALLBACK_MARGIN_FRAC` of the total). The best such
+    move is applied, then the next, until none clears the margin. Items pinned to the NPU
+    never move; single items are never split off an island."""
+    greedy = greedy_assignment(problem)
+    best = evaluate(problem, greedy, "fallback")
+    npu = [t for t in problem.targets if family(t) == "htp"]
+    cpu = [t for t in problem.targets if family(t) == "cpu"]
+    if not npu or not cpu or all(a in npu for a in greedy):
+        return best
+    while True:
+        parts = [p for p in best.partitions if p.target in npu]
+        anchor = max(parts, key=lambda p: (p.compute_s, -p.index)) if parts else None
+        improved: Placement | None = None
+        for p in parts:
+            if p is anchor or not all(cpu[0] in problem.items[i].allowed for i in p.items):
+                continue
+            if anchor is not None and not (
+                    p.compute_s <= FALLBACK_ISLAND_FRAC * anchor.compute_s
+                    or _size(problem, p) <= FALLBACK_ISLAND_FRAC * _size(problem, anchor)):
+                continue
+            cand = list(best.assign)
+            for i in p.items:
+                cand[i] = cpu[0]
+            e = evaluate(problem, cand, "fallback")
+            margin = max(FALLBACK_MARGIN_S, FALLBACK_MARGIN_FRAC * best.total_s)
+            if e.total_s < best.total_s - margin and (improved is None
+                                                       or e.total_s < improved.total_s):
+                improved = e
+        if improved is None:
+            return best
+        best = improved
+
+
 def solve(problem: Problem, policy: Policy = "cost") -> Placement:
     """Place every item (see the module docstring); fills :attr:`Placement.reasons`."""
-    if policy not in ("cost", "greedy"):
-        raise TargetError(f"unknown placement policy {policy!r}; use 'cost' or 'greedy'")
+    if policy not in ("cost", "greedy", "fallback"):
+        raise TargetError(f"unknown placement policy {policy!r}; use 'cost', 'greedy' or "
+                          "'fallback'")
     greedy = greedy_assignment(problem)
     if policy == "greedy" or len(problem.targets) == 1:
         result = evaluate(problem, greedy, policy)
+    elif policy == "fallback":
+        result = _fallback(problem)
     else:
         starts: list[list[str]] = []
         starts.append(_min_cut(problem) if len(problem.targets) == 2 else _cheapest(problem))
@@ -554,11 +627,30 @@ def solve(problem: Problem, policy: Policy = "cost") -> Placement:
             raise TargetError("placement found no assignment")
         result = best
     result.reasons = _reasons(result)
+    result.node_reasons = _member_reasons(result)
     return result
 
 
 def _us(s: float) -> str:
     return f"{s * 1e6:.2f} us"
+
+
+def _member_reasons(pl: Placement) -> dict[str, tuple[str, str]]:
+    """Per node, for items of several nodes placed by a pin: the pinned members say which
+    pin; the others name the pinned members they were placed with (a Conv fused with a Relu
+    pinned by ``op:Relu`` is not itself selected by that pattern)."""
+    out: dict[str, tuple[str, str]] = {}
+    for it in pl.problem.items:
+        if it.pin is None or len(it.nodes) < 2:
+            continue
+        pinned = [name for name, p in zip(it.names, it.member_pins) if p is not None]
+        for name, own in zip(it.names, it.member_pins):
+            if own is not None:
+                out[name] = ("user-pin", f"user pin {own[1]!r} -> {own[0]}")
+            else:
+                out[name] = ("user-pin", f"in a unit with {', '.join(pinned)}, pinned by "
+                                         f"{it.pin[1]!r} -> {it.pin[0]}")
+    return out
 
 
 def _reasons(pl: Placement) -> dict[int, tuple[str, str]]:
@@ -577,6 +669,16 @@ def _reasons(pl: Placement) -> dict[int, tuple[str, str]]:
             continue
         if pl.policy == "greedy" or len(it.allowed) == 1:
             out[it.index] = ("capability", f"{t} takes it (first capable target)")
+            continue
+        if pl.policy == "fallback":
+            if t == it.allowed[0]:
+                out[it.index] = ("capability", f"{t} takes it (first capable target)")
+            else:
+                out[it.index] = ("cost", f"an NPU island moved to {t}: {it.allowed[0]} takes "
+                                         f"it, but the predicted total is lower with its "
+                                         f"island on {t} (no launch and transfers; "
+                                         f"{_us(it.cost[t])} on {t} vs "
+                                         f"{_us(it.cost[it.allowed[0]])} on {it.allowed[0]})")
             continue
         costs = " vs ".join(f"{_us(it.cost[o])} on {o}" for o in
                             (t, *(o for o in it.allowed if o != t)))

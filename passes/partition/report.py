@@ -22,12 +22,11 @@ def annotate(pl: Placement) -> None:
     name the report uses (the HTP emitter's rule: their first output's)."""
     for it in pl.problem.items:
         t = pl.assign[it.index]
-        _, why = pl.reasons.get(it.index, ("", ""))
         for n, name in zip(it.nodes, it.names):
             if not n.name:
                 n.name = name
             n.placement = family(t)
-            n.meta["placement_reason"] = why
+            n.meta["placement_reason"] = pl.reason_of(it.index, name)[1]
 
 
 def place(graph: Graph, targets: Sequence[str], policy: Policy = "cost", *,
@@ -53,8 +52,8 @@ def placement_report(pl: Placement, baseline: Placement | None = None) -> dict[s
     nodes: list[dict[str, Any]] = []
     for it in problem.items:
         t = pl.assign[it.index]
-        code, why = pl.reasons.get(it.index, ("", ""))
         for k, (n, name) in enumerate(zip(it.nodes, it.names)):
+            code, why = pl.reason_of(it.index, name)
             own = {o: (it.node_costs[o][k] if o in it.node_costs
                        else it.cost[o] / len(it.nodes)) for o in problem.targets}
             nodes.append({
@@ -109,6 +108,7 @@ def reevaluate(pl: Placement, final: Mapping[str, str],
     by_family = {family(t): t for t in problem.targets}
     assign = list(pl.assign)
     reasons = dict(pl.reasons)
+    node_reasons = dict(pl.node_reasons)
     for it in problem.items:
         fams = {final[n] for n in it.names if n in final}
         fam = "cpu" if "cpu" in fams else (next(iter(fams)) if len(fams) == 1 else None)
@@ -120,6 +120,9 @@ def reevaluate(pl: Placement, final: Mapping[str, str],
                         f"moved to {by_family[fam]} by the emitter")
             code = "finalize-failed" if "finaliz" in text.lower() else "emitter"
             reasons[it.index] = (code, text)
+            for n in it.names:
+                node_reasons.pop(n, None)
     out = evaluate(problem, assign, pl.policy)
     out.reasons = reasons
+    out.node_reasons = node_reasons
     return out

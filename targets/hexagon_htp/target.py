@@ -10,7 +10,14 @@ placement, not a datasheet.
 Capabilities: :data:`HTP_OPS` lists the ONNX ops the QNN EP maps to HTP kernels in QDQ form
 (checked against the EP: ``Erf`` is absent, so an erf-GELU must be fused into ``Gelu`` first).
 A node is refused, with a :class:`~targets.base.Reason`, when its op is not listed, when a
-tensor has a dynamic shape, or when it is not quantized and the build is not fp16.
+tensor has a dynamic shape (``dynamic-shape``) or more than :data:`MAX_RANK` dimensions
+(``rank``), when an attribute value is one the EP refuses (``attribute``,
+:func:`attribute_refusal`), when a Softmax row cannot be held in VTCM
+(``too-large-for-vtcm``, :func:`vtcm_refusal`), or when it is not quantized and the build is
+not fp16. Every refusal below was observed on this machine (ORT 1.32 + onnxruntime-qnn 2.7.0,
+QAIRT 2.51, ``htp_arch=75``): a one-op QDQ model (made by ORT's ``quantize_static``) compiled
+with CPU fallback allowed left the node outside the context, or failed to finalize; the
+neighbouring accepted variants were checked the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from dataclasses import dataclass
 from compiler.ir import Node
 from targets.base import SUPPORTED, DeviceSpec, Reason, Support
 
-__all__ = ["DEVICES", "HTP_OPS", "HtpTarget", "supports", "default_pipeline", "SOC_ARCH"]
+__all__ = ["DEVICES", "HTP_OPS", "HtpTarget", "supports", "default_pipeline", "SOC_ARCH",
+           "MAX_RANK", "attribute_refusal", "vtcm_refusal"]
 
 _GB = 1e9
 
@@ -89,8 +97,111 @@ _LAYOUT = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", 
                      "Gather", "Slice", "Split", "Concat", "Expand", "Tile", "Cast"})
 
 
-def supports(node: Node, *, fp16: bool = False) -> Support:
-    """Whether the HTP takes ``node`` (in the build's precision), with the reason if not."""
+#: Most dimensions a tensor may have on the HTP. Rank 6 was refused by the EP for Add,
+#: Transpose and Softmax (the node stays outside the context); a Reshape to rank 6 inside an
+#: otherwise supported graph was accepted by the EP and then failed HTP finalization
+#: (QNN_COMMON_ERROR_MEM_ALLOC). Rank 5 (Add, Transpose, 3-D Conv) builds.
+MAX_RANK = 5
+
+#: bytes a Softmax / LogSoftmax row element takes in VTCM (32-bit intermediates), and the
+#: fraction of VTCM a row may take; see :func:`vtcm_refusal`
+_SOFTMAX_ROW_ELEMENT_BYTES = 4
+_SOFTMAX_ROW_VTCM_FRACTION = 0.5
+
+
+def _text(v: object) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _ints(v: object) -> list[int]:
+    if v is None:
+        return []
+    if isinstance(v, (list, tuple)):
+        return [int(x) for x in v]
+    return [int(v)]  # type: ignore[call-overload]
+
+
+def attribute_refusal(node: Node) -> str | None:
+    """Why the QNN EP refuses ``node`` for an attribute value, or None. Observed refusals (the
+    accepted neighbours in parentheses):
+
+    - ``ConvTranspose`` and ``MaxPool`` with a dilation other than 1 (``Conv`` with dilation 2
+      and every ``auto_pad`` of Conv/ConvTranspose build);
+    - ``Pad`` with ``mode="wrap"`` (constant, reflect and edge build);
+    - ``Resize`` with ``antialias=1``; ``Resize`` nearest with ``asymmetric`` coordinates and
+      ``nearest_mode`` ``round_prefer_floor`` (the default) or ``ceil`` (``floor``, torch's
+      nearest, and ``round_prefer_ceil`` build; so do the other coordinate modes, linear and
+      cubic, and non-integer scales);
+    - ``LpNormalization`` with ``p=1`` (the EP takes p=2, though an 8-bit p=2 then failed
+      HTP finalization with QNN_COMMON_ERROR_MEM_ALLOC: a finalize failure, which the
+      emitter's split handles, not a capability refusal).
+    """
+    op = node.op
+    if op in ("ConvTranspose", "MaxPool"):
+        dil = _ints(node.attr("dilations"))
+        if any(d != 1 for d in dil):
+            return f"{op} with dilations={dil}: the HTP kernel takes dilation 1 only"
+    elif op == "Pad":
+        mode = _text(node.attr("mode", "constant"))
+        if mode == "wrap":
+            return "Pad mode 'wrap' (circular padding) has no HTP kernel"
+    elif op == "Resize":
+        if int(node.attr("antialias", 0) or 0):  # type: ignore[arg-type]
+            return "Resize with antialias=1 has no HTP kernel"
+        mode = _text(node.attr("mode", "nearest"))
+        ctm = _text(node.attr("coordinate_transformation_mode", "half_pixel"))
+        nearest = _text(node.attr("nearest_mode", "round_prefer_floor"))
+        if mode == "nearest" and ctm == "asymmetric" and nearest in ("round_prefer_floor",
+                                                                      "ceil"):
+            return (f"Resize nearest with asymmetric coordinates and nearest_mode={nearest!r}: "
+                    "the HTP rounds asymmetric nearest with 'floor' only")
+    elif op == "LpNormalization":
+        p = int(node.attr("p", 2) or 2)  # type: ignore[arg-type]
+        if p != 2:
+            return f"LpNormalization with p={p}: the HTP kernel is the L2 norm only"
+    return None
+
+
+def vtcm_refusal(node: Node, vtcm_bytes: int) -> str | None:
+    """Why ``node`` cannot be held in VTCM on the HTP, or None.
+
+    A ``Softmax``/``LogSoftmax`` row (the elements along ``axis``) must be resident in VTCM.
+    Observed on v75 (8 MB VTCM), rows of shape ``[1, n]``: n = 1 Mi builds at 8 and at 16 bits;
+    n = 1.5 Mi (16-bit) and n = 2, 3, 4, 5, 6, 10, 16 Mi (8-bit) fail HTP finalization with
+    QNN_COMMON_ERROR_MEM_ALLOC. The limit follows the element count, not the encoded bytes,
+    which fits 32-bit intermediates: a row is refused when ``4 * n`` bytes exceed half of
+    VTCM (4 MB of 8 builds, 6 MB fails). The rule is approximate: on v68 (4 MB VTCM in the
+    table) rows of 512 Ki and 1 Mi build while 768 Ki fails, so the simulator's limit is not
+    a clean function of the row size; the rule refuses 768 Ki and 1 Mi there. Other big
+    tensors are tiled and stream from DRAM: a 47 MB 16-bit Gather table, a 16 MB MatMul
+    weight and 16 MB element-wise activations all build on v75.
+    """
+    if node.op not in ("Softmax", "LogSoftmax") or not node.inputs or node.inputs[0] is None:
+        return None
+    x = node.inputs[0]
+    shape = x.shape
+    if shape is None or not shape or not all(isinstance(d, int) for d in shape):
+        return None
+    axis = int(node.attr("axis", -1) or 0)  # type: ignore[arg-type]
+    axis = axis + len(shape) if axis < 0 else axis
+    if not 0 <= axis < len(shape):
+        return None
+    dim = shape[axis]
+    if not isinstance(dim, int):
+        return None
+    n = dim
+    need = n * _SOFTMAX_ROW_ELEMENT_BYTES
+    limit = int(vtcm_bytes * _SOFTMAX_ROW_VTCM_FRACTION)
+    if need > limit:
+        return (f"{node.op} row of {n} elements (axis {axis} of %{x.name}) needs "
+                f"{need / 2**20:.1f} MB of VTCM at 32-bit intermediates; at most "
+                f"{limit / 2**20:.0f} MB (half of the {vtcm_bytes >> 20} MB VTCM) fits")
+    return None
+
+
+def supports(node: Node, *, fp16: bool = False, vtcm_bytes: int = 8 << 20) -> Support:
+    """Whether the HTP takes ``node`` (in the build's precision), with the reason if not;
+    ``vtcm_bytes``: the device's VTCM (:attr:`DeviceSpec.vtcm_bytes`)."""
     if node.domain not in ("", "ai.onnx"):
         return Support(False, Reason.OP_UNSUPPORTED,
                        f"{node.qualified_op} is not an ONNX op the QNN EP knows")
@@ -101,6 +212,17 @@ def supports(node: Node, *, fp16: bool = False) -> Support:
                                                             for d in v.shape):
             return Support(False, Reason.DYNAMIC_SHAPE,
                            f"output %{v.name} has a dynamic shape {v.type}")
+    for t in (*node.inputs, *node.outputs):
+        if t is not None and t.shape is not None and len(t.shape) > MAX_RANK:
+            return Support(False, Reason.RANK,
+                           f"%{t.name} has rank {len(t.shape)}; the HTP takes at most "
+                           f"{MAX_RANK} dimensions")
+    why = attribute_refusal(node)
+    if why is not None:
+        return Support(False, Reason.ATTRIBUTE, why)
+    why = vtcm_refusal(node, vtcm_bytes)
+    if why is not None:
+        return Support(False, Reason.TOO_LARGE_FOR_VTCM, why)
     if not fp16 and node.op not in _LAYOUT:
         floats = [v for v in node.outputs if v is not None and v.dtype.is_float]
         if floats and all(v.encoding is None for v in floats):
@@ -148,8 +270,8 @@ class HtpTarget:
         return HTP_QUANT_RULES
 
     def supports(self, node: Node, *, fp16: bool = False) -> Support:
-        """See :func:`supports`."""
-        return supports(node, fp16=fp16)
+        """See :func:`supports` (with this device's VTCM)."""
+        return supports(node, fp16=fp16, vtcm_bytes=self.device.vtcm_bytes)
 
     def default_pipeline(self, precision: str) -> str:
         """See :func:`default_pipeline`."""

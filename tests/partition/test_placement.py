@@ -196,3 +196,23 @@ def test_placement_benchmark_quick_writes_its_table(tmp_path: Path) -> None:
     table = (tmp_path / "placement-quick.md").read_text()
     assert "| whisper | onnx | w8a16 |" in table
     assert "predicted slower than greedy: 0 of" in table
+
+
+def test_a_pin_on_a_fused_activation_names_the_pinned_member() -> None:
+    """``op:Relu`` selects the Relu, not the Conv placed with it: the Conv's reason names the
+    Relu and the pin; the Relu's is the pin itself."""
+    g = graph("sandwich")
+    pl, _ = place(g, ["htp-v75", "cpu"], pins={"op:Relu": "cpu"}, precision="w8a16",
+                  assume_quantized=True)
+    rep = placement_report(pl)
+    by_name = {n["node"]: n for n in rep["nodes"]}
+    relus = [n for n in g.nodes if n.op == "Relu"]
+    assert relus
+    for relu in relus:
+        conv = relu.inputs[0].producer
+        assert conv is not None and conv.op == "Conv"
+        assert by_name[relu.name]["reason"] == "user pin 'op:Relu' -> cpu"
+        assert by_name[conv.name]["reason"] == (
+            f"in a unit with {relu.name}, pinned by 'op:Relu' -> cpu")
+        assert by_name[conv.name]["reason_code"] == "user-pin"
+        assert conv.meta["placement_reason"] == by_name[conv.name]["reason"]
