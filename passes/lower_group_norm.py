@@ -71,5 +71,10 @@ class LowerGroupNorm(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         """Apply the lowering everywhere it matches."""
+        # the reductions it writes take their axes as an input (opset 18+)
+        from passes.fusions.opset import upgrade_opset
+
+        upgraded = upgrade_opset(graph, ctx, triggers=frozenset({"InstanceNormalization"}))
         counts = apply_rules(graph, [LOWER_INSTANCE_NORM], ctx)
+        counts.update(upgraded)
         return PassResult(bool(counts), dict(counts))

@@ -396,3 +396,34 @@ def test_reproducer_keeps_the_input_of_the_failing_pass(tmp_path: Path) -> None:
     replay, pipeline = read_reproducer(path)
     assert pipeline == "test-explode,fuse"
     assert print_graph(replay, inline_limit=6) == IR  # not the renamed output the pass left
+
+
+def test_lower_layer_norm_min_outer_dims_picks_batched_norms_and_stays_exact() -> None:
+    """``min_outer_dims=2`` lowers a LayerNorm over ``[2, 5, 8]`` and leaves ``[1, 5, 8]``
+    alone; the lowered graph equals the original on the CPU reference."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compiler.frontends import load_onnx
+    from compiler.passes import PassManager
+    from compiler.reference import run_reference
+
+    def model(shape: list[int]) -> object:
+        g = helper.make_graph(
+            [helper.make_node("LayerNormalization", ["x", "s", "b"], ["y"], axis=-1,
+                              epsilon=1e-5, name="ln")], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+            [numpy_helper.from_array(np.linspace(0.5, 1.5, 8, dtype=np.float32), "s"),
+             numpy_helper.from_array(np.linspace(-1, 1, 8, dtype=np.float32), "b")])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    for shape, lowered in (([2, 5, 8], True), ([1, 5, 8], False)):
+        g = load_onnx(model(shape))
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 3 + 1
+        want = run_reference(g, [x])["y"]
+        PassManager("lower-layer-norm{min_outer_dims=2}").run(g)
+        ops = {n.op for n in g.nodes}
+        assert ("LayerNormalization" not in ops) is lowered, (shape, ops)
+        got = run_reference(g, [x])["y"]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -47,13 +47,15 @@ OPSET_UPGRADES = RuleSet("opset-upgrade", [
 
 
 def upgrade_opset(graph: Graph, ctx: PassContext | None = None,
-                  version: int = FUSE_OPSET) -> dict[str, int]:
+                  version: int = FUSE_OPSET, triggers: frozenset[str] = UPGRADE_TRIGGERS
+                  ) -> dict[str, int]:
     """Raise the default-domain opset of ``graph`` to ``version`` (in place; no-op when it is
-    already there). Returns rewrite counts, with ``"opset-upgrade"`` when the opset moved."""
+    already there, or when no default-domain op is in ``triggers``). Returns rewrite counts,
+    with ``"opset-upgrade"`` when the opset moved."""
     have = graph.opset.get("")
     if have is None or have >= version:
         return {}
-    if not any(n.op in UPGRADE_TRIGGERS and not n.domain for n in graph.nodes):
+    if not any(n.op in triggers and not n.domain for n in graph.nodes):
         return {}
     graph.opset[""] = version
     stats = apply_rules(graph, OPSET_UPGRADES, ctx)

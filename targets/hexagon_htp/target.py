@@ -242,6 +242,10 @@ def default_pipeline(precision: str, method: str = "mse") -> str:
     # 16-bit activations: a LayerNorm over exactly 16 rows feeding a Gemm miscomputes on the
     # HTP (passes/lower_layer_norm.py); written as reductions it agrees
     lower = ",lower-layer-norm{rows=16}" if precision in ("w8a16", "w4a16") else ""
+    # w8a8: the auto policy keeps LayerNorms at 16 bits, and the HTP's 16-bit LayerNorm op over
+    # a batch of token rows costs 2-8x its written-out form (passes/lower_layer_norm.py)
+    if precision == "w8a8":
+        lower = ",lower-layer-norm{min_outer_dims=2}"
     return (f"canonicalize,fuse,lower-group-norm{lower},canonicalize,"
             f"calibrate{{method={method}}},quantize{{scheme={precision}}}")
 

@@ -119,3 +119,117 @@ def test_activation_encodings_never_have_zero_or_nan_scales(a: float, b: float,
     assert enc.qmin <= int(enc.zero_point) <= enc.qmax
     # zero is exactly representable (padding, ReLU zeros)
     assert enc.fake_quant(np.zeros(1, np.float32))[0] == 0.0
+
+
+class _Bounded(torch.nn.Module):
+    """A free tensor (``a = 3x``), a ReLU6, a HardSigmoid, a Sigmoid and a ReLU of it."""
+
+    def forward(self, x: torch.Tensor):  # type: ignore[no-untyped-def]
+        a = x * 3.0
+        return (a + 1.0, torch.clamp(a, 0.0, 6.0) * 1.5, torch.nn.functional.hardsigmoid(a),
+                torch.sigmoid(a), torch.relu(a) - 1.0)
+
+
+def _bounded(margin: float, method: str = "minmax"):  # type: ignore[no-untyped-def]
+    """(graph quantized at w8a16 with ``range_margin=margin``, calibration min/max per op)."""
+    gen = torch.Generator().manual_seed(3)
+    calib = [{"x": (torch.randn(1, 256, generator=gen) * 2).numpy()} for _ in range(4)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = load_torch(_Bounded().eval(), (torch.from_numpy(calib[0]["x"]),))
+    ctx = PassContext(calibration=calib, options={"quant_rules": HTP_QUANT_RULES})
+    PassManager(f"canonicalize,calibrate{{method={method}}},"
+                f"quantize{{scheme=w8a16,range_margin={margin}}}").run(g, ctx)
+    a = np.concatenate([f["x"].ravel() for f in calib]).astype(np.float64) * 3.0
+    seen = {"Mul": a, "Clip": np.clip(a, 0.0, 6.0), "HardSigmoid": np.clip(a / 6 + 0.5, 0, 1),
+            "Sigmoid": 1 / (1 + np.exp(-a)), "Relu": np.maximum(a, 0.0)}
+    return g, {k: (float(v.min()), float(v.max())) for k, v in seen.items()}
+
+
+def _enc_range(enc) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    s, z = float(enc.scale), int(enc.zero_point)
+    return (enc.qmin - z) * s, (enc.qmax - z) * s
+
+
+def test_range_margin_widens_free_tensors_and_zero_gives_the_calibrated_range() -> None:
+    g0, seen = _bounded(0.0)
+    g25, _ = _bounded(0.25)
+    lo, hi = seen["Mul"]
+    assert lo < 0 < hi  # both sides free: both get the margin
+    span = hi - lo
+    # margin 0: the calibrated (minmax) range, to a quantization step
+    lo0, hi0 = _enc_range(_node(g0, "Mul").outputs[0].encoding)
+    step = span / 65535
+    assert lo0 == pytest.approx(lo, abs=2 * step) and hi0 == pytest.approx(hi, abs=2 * step)
+    # margin 0.25: 25% of the span more on each side
+    lo25, hi25 = _enc_range(_node(g25, "Mul").outputs[0].encoding)
+    assert lo25 == pytest.approx(lo - 0.25 * span, abs=3 * step)
+    assert hi25 == pytest.approx(hi + 0.25 * span, abs=3 * step)
+    # a one-sided tensor (ReLU, min 0) is widened only above: 0 stays the bottom
+    rlo, rhi = _enc_range(_node(g25, "Relu").outputs[0].encoding)
+    assert rlo == pytest.approx(0.0, abs=1e-12)
+    assert rhi == pytest.approx(seen["Relu"][1] * 1.25, rel=1e-3)
+
+
+def test_range_margin_stays_inside_what_the_op_can_output() -> None:
+    g, seen = _bounded(0.25)
+    assert seen["Clip"][1] == pytest.approx(6.0)  # the calibration saturates the ReLU6
+    clo, chi = _enc_range(_node(g, "Clip").outputs[0].encoding)
+    assert clo == pytest.approx(0.0, abs=1e-12) and chi <= 6.0 + 1e-5
+    assert chi == pytest.approx(6.0, rel=1e-4)
+    for op in ("HardSigmoid", "Sigmoid"):
+        assert seen[op][1] > 0.99  # saturated too: a margin would otherwise pass 1
+        lo, hi = _enc_range(_node(g, op).outputs[0].encoding)
+        assert lo == pytest.approx(0.0, abs=1e-12) and hi <= 1.0 + 1e-6, op
+    # the margin never narrows a range
+    g0, _ = _bounded(0.0)
+    for op in ("Mul", "Clip", "HardSigmoid", "Relu"):
+        lo0, hi0 = _enc_range(_node(g0, op).outputs[0].encoding)
+        lo, hi = _enc_range(_node(g, op).outputs[0].encoding)
+        assert lo <= lo0 + 1e-9 and hi >= hi0 - 1e-6, op
+
+
+class _NormThenLinear(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(16)
+        self.fc = torch.nn.Linear(16, 16)
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 1.5)
+            self.norm.bias.uniform_(-0.3, 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(-1, keepdim=True)  # a centring that is no normalization
+        return self.fc(self.norm(x + 1.0)) + centred
+
+
+def test_auto_policy_keeps_a_written_out_layer_norm_at_16_bits() -> None:
+    """``lower-layer-norm`` writes LayerNorm as ReduceMean/Sub/Mul/Sqrt/Div: under w8a8 its
+    tensors stay 16-bit like the op's (the zoo ViT at w8a8 drops from 25.8 to 8.8 dB when
+    they go to 8 bits)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = load_torch(_NormThenLinear().eval(), (x,))
+    calib = [{g.inputs[0].name: torch.randn(1, 8, 16).numpy()} for _ in range(3)]
+    ctx = PassContext(calibration=calib, options={"quant_rules": HTP_QUANT_RULES})
+    PassManager("canonicalize,fuse,lower-layer-norm{rows=0},canonicalize,calibrate,"
+                "quantize{scheme=w8a8}").run(g, ctx)
+    assert "LayerNormalization" not in {n.op for n in g.nodes}
+    div = _node(g, "Div")
+    assert div.outputs[0].encoding.bits == 16
+    assert _node(g, "Sqrt").outputs[0].encoding.bits == 16
+    # the affine after the division and the norm's input (the residual stream) too
+    affine = div.outputs[0].consumers()[0]
+    assert affine.op == "Mul" and affine.outputs[0].encoding.bits == 16
+    subs = [n for n in g.nodes if n.op == "Sub"]
+    assert len(subs) == 2
+    norm_sub = next(s for s in subs if s.inputs[0].producer is not None
+                    and s.inputs[0].producer.op == "Add")
+    other = next(s for s in subs if s is not norm_sub)
+    assert norm_sub.inputs[0].encoding.bits == 16 and norm_sub.outputs[0].encoding.bits == 16
+    assert other.outputs[0].encoding.bits == 8  # centring alone is not a normalization
+    kept = ctx.report["quantization"]["kept_16bit"]
+    assert any("normalization written out" in k["reason"] for k in kept)
+    assert not any(k["tensor"] == other.outputs[0].name for k in kept)
