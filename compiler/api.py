@@ -132,17 +132,34 @@ class CompiledModel:
 def _verify(cm: CompiledModel, fp32: Any, feeds: list[dict[str, np.ndarray]]
             ) -> tuple[float, float, float]:
     """SQNR of the artifact against FP32, of the QDQ graph on the CPU reference against FP32,
-    and of the artifact against that CPU reference (how faithfully the target ran the QDQ)."""
-    from compiler.numerics import metrics
-    from compiler.reference import run_reference
+    and of the artifact against that CPU reference (how faithfully the target ran the QDQ).
 
-    refs, tests, qdq = [], [], []
-    for f in feeds:
-        want = run_reference(fp32, f)
-        refs += [want[v.name] for v in fp32.outputs]
-        tests += cm.run(*[f[n] for n in cm.input_names])
-        cpu = run_reference(cm.graph, f)
-        qdq += [cpu[v.name] for v in cm.graph.outputs]
+    The artifact runs (on the simulator) in a worker thread while the two CPU references run
+    here: both release the GIL, so they overlap. One reference session per graph, made
+    directly (``run_reference`` would print and hash each graph once per feed to find its
+    cached session)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from compiler.numerics import metrics
+    from compiler.reference import ReferenceRunner
+
+    def artifact() -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        for f in feeds:
+            out += cm.run(*[f[n] for n in cm.input_names])
+        return out
+
+    refs, qdq = [], []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgec-verify") as pool:
+        running = pool.submit(artifact)
+        fp32_ref = ReferenceRunner(fp32)
+        qdq_ref = ReferenceRunner(cm.graph)
+        for f in feeds:
+            want = fp32_ref.run(f)
+            refs += [want[v.name] for v in fp32.outputs]
+            cpu = qdq_ref.run(f)
+            qdq += [cpu[v.name] for v in cm.graph.outputs]
+        tests = running.result()
     return (metrics(refs, tests).sqnr_db, metrics(refs, qdq).sqnr_db,
             metrics(qdq, tests).sqnr_db)
 
@@ -229,10 +246,35 @@ def compile(model: Any, example_inputs: Any = None, *, target: str | Sequence[st
     Compression: ``compress="lowrank{energy=0.95},prune{method=channel,sparsity=0.3}"`` (or
     ``"auto{min_sqnr_db=30}"``) runs those passes after fusion and before quantization;
     ``report["compression"]`` lists per layer what was done, why, and the measured error."""
+    tgt, target_names, explicit = _targets(target)
+    htp = tgt.name != "cpu"
+    if htp:
+        # the QNN compile's child interpreter starts now and gets ready (ONNX Runtime, the EP)
+        # while the model is imported and quantized here
+        from targets.hexagon_htp import qnn
+
+        qnn.prestart()
+    try:
+        return _compile(model, example_inputs, tgt, target_names, explicit,
+                        precision=precision, calibration_data=calibration_data,
+                        overrides=overrides, pipeline=pipeline, output_dir=output_dir,
+                        allow_cpu=allow_cpu, progress=progress,
+                        optimization_level=optimization_level, soc_model=soc_model,
+                        placement=placement, compress=compress)
+    finally:
+        if htp:
+            qnn.release_prestarted()  # unused (a failure before emit): let it exit
+
+
+def _compile(model: Any, example_inputs: Any, tgt: Any, target_names: list[str],
+             explicit: bool, *, precision: str, calibration_data: Sequence[Any] | None,
+             overrides: Mapping[str, str] | None, pipeline: str | None,
+             output_dir: str | Path | None, allow_cpu: bool, progress: bool | None,
+             optimization_level: int, soc_model: str | int | None,
+             placement: Mapping[str, str] | None, compress: str | None) -> CompiledModel:
     from compiler.passes import PassContext, PassManager, TimingInstrument
 
     show = sys.stderr.isatty() if progress is None else progress
-    tgt, target_names, explicit = _targets(target)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     graph = _load(model, example_inputs)
@@ -248,7 +290,7 @@ def compile(model: Any, example_inputs: Any = None, *, target: str | Sequence[st
             import warnings
 
             warnings.warn("compile(): calibrating on the example input alone; pass "
-                          "calibration_data=[...] with representative inputs", stacklevel=2)
+                          "calibration_data=[...] with representative inputs", stacklevel=3)
     feeds = _feeds(graph, list(calibration_data))
     ctx = PassContext(target=tgt.name, calibration=feeds, progress=show,
                       options={"quant_rules": tgt.quant_rules,

@@ -1630,6 +1630,18 @@ def _expand(cx: _Ctx, x: Value, size: Sequence[Any], *, implicit: bool = False) 
     return cx.emit("Expand", [x, cx.shape_input([1 if s == -1 else s for s in size])])
 
 
+@_lower("aten.expand_as.default")
+def _expand_as(cx: _Ctx, x: Value, other: Value) -> Value:
+    # (BERT's attention mask) lowered here, the model stays on the fast path: without it
+    # the whole program is re-traced by ``run_decompositions`` for this one op
+    if x.shape is not None and x.shape == other.shape:
+        return x
+    shape = cx.oshape()
+    if all(isinstance(d, int) for d in shape):
+        return cx.emit("Expand", [x, cx.ints(list(shape))])
+    return cx.emit("Expand", [x, cx.emit("Shape", [other], dtype=DType.I64)])
+
+
 @_lower("aten.repeat.default")
 def _repeat(cx: _Ctx, x: Value, repeats: Sequence[int]) -> Value:
     r = _rank(x)

@@ -83,6 +83,15 @@ def _np_for_onnx(arr: np.ndarray, dtype: DType) -> np.ndarray:
     return np.asarray(arr, dtype=dtype.numpy)
 
 
+def _storage_dtype(enc: QuantEncoding) -> np.dtype:
+    """The narrowest numpy integer type that holds ``enc``'s integers exactly."""
+    if enc.bits <= 8:
+        return np.dtype(np.int8 if enc.signed else np.uint8)
+    if enc.bits <= 16:
+        return np.dtype(np.int16 if enc.signed else np.uint16)
+    return np.dtype(np.int32 if enc.signed else np.uint32)
+
+
 def _embed(name: str, arr: np.ndarray, dtype: DType) -> TensorProto:
     return numpy_helper.from_array(_np_for_onnx(arr, dtype), name)
 
@@ -268,7 +277,15 @@ class _Exporter:
                 and cached[1] == enc):
             return np.asarray(cached[2])
         data = self._const_data(v)
-        return enc.quantize(np.asarray(data, dtype=np.float32))
+        q = enc.quantize(np.asarray(data, dtype=np.float32))
+        # Kept the same way for the next export of this graph state (the HTP model, then the
+        # reference of the same graph: quantizing every weight is most of an export's time),
+        # in the encoding's own integer width. Encodings are immutable and constants are never
+        # written in place, so ``src`` and ``enc`` still being these objects means ``q`` holds.
+        small = np.asarray(q).astype(_storage_dtype(enc))
+        small.flags.writeable = False
+        v.meta["_qdata"] = (src, enc, small)
+        return q
 
     # -- main --------------------------------------------------------------------------------
     def run(self) -> ModelProto:

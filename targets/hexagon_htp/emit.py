@@ -321,7 +321,7 @@ def emit(graph: Graph, out_dir: str | os.PathLike[str], *, arch: str,
     os.replace(arts.ctx_onnx, model)
     ir_path = out / "model.ir"
     save_ir(graph, ir_path)
-    versions = qnn.versions()
+    versions = qnn.versions(arts.ep_sdk_version)
     report = {
         "target": f"htp-v{arch}",
         "arch": arch,

@@ -31,6 +31,7 @@ Facts this module is built on (observed with onnxruntime 1.32, onnxruntime-qnn 2
 
 from __future__ import annotations
 
+import atexit
 import collections
 import csv
 import dataclasses
@@ -75,6 +76,8 @@ __all__ = [
     "versions",
     "ensure_registered",
     "compile_context",
+    "prestart",
+    "release_prestarted",
     "count_contexts",
     "context_placement",
     "run_context",
@@ -184,13 +187,14 @@ def resolve_soc_model(soc_model: str | int | None, arch: str | int) -> int | Non
     return soc
 
 
-@functools.cache
-def _versions() -> tuple[tuple[str, str], ...]:
+_BUILD_STRING = re.compile(r"v\d+\.\d+\.\d+\.\d+")
+
+
+def _version_info(build: str) -> tuple[tuple[str, str], ...]:
     info: dict[str, str] = {
         "onnxruntime": str(ort.__version__),
         "onnxruntime_qnn": str(onnxruntime_qnn.__version__),
     }
-    build = _qairt_build_from_library(Path(onnxruntime_qnn.get_qnn_htp_path()))
     declared = str(getattr(onnxruntime_qnn.build_and_package_info, "qnn_version", ""))
     if build:
         # The library that runs is the authority; it is also what EPContext nodes record as
@@ -205,14 +209,25 @@ def _versions() -> tuple[tuple[str, str], ...]:
     return tuple(info.items())
 
 
-def versions() -> dict[str, str]:
+@functools.cache
+def _versions() -> tuple[tuple[str, str], ...]:
+    return _version_info(_qairt_build_from_library(Path(onnxruntime_qnn.get_qnn_htp_path())))
+
+
+def versions(ep_sdk_version: str | None = None) -> dict[str, str]:
     """Versions of the QNN toolchain in this process (computed once, cached).
 
     Keys: ``onnxruntime``, ``onnxruntime_qnn``, ``qairt`` (e.g. ``"2.51.0"``) and
     ``qairt_build`` (e.g. ``"v2.51.0.260929181845"``, the same string the EP stores as
     ``ep_sdk_version`` in EPContext nodes). QAIRT is read from ``libQnnHtp.so`` itself, falling
     back to the wheel's ``build_and_package_info.qnn_version``.
+
+    ``ep_sdk_version``: that string from a context this process just built
+    (:attr:`ContextArtifacts.ep_sdk_version`); when it is one, it is the library's build and
+    the scan of the 100 MB library is skipped.
     """
+    if ep_sdk_version and _BUILD_STRING.fullmatch(ep_sdk_version):
+        return dict(_version_info(ep_sdk_version))
     return dict(_versions())
 
 
@@ -280,18 +295,25 @@ class ContextArtifacts:
     num_contexts: int
 
 
-# Run in a child interpreter (see the module docstring for why). It imports nothing of edgec;
-# the model arrives on stdin, the outcome goes to a JSON file, the log to stdout/stderr.
+# Run in a child interpreter (see the module docstring for why). It imports nothing of edgec.
+# It starts before it knows the build (so it can be started early, :func:`prestart`): it
+# imports ORT and registers the EP, then reads one JSON line (the build) and the model bytes
+# from stdin. The outcome goes to a JSON file, the log to stdout/stderr. An empty stdin (the
+# parent released it, or died) ends it without building anything.
 _CHILD_SCRIPT = r"""
 import json, sys
-spec = json.loads(sys.argv[1])
-sys.path[:0] = spec["sys_path"]
+boot = json.loads(sys.argv[1])
+sys.path[:0] = boot["sys_path"]
 import onnxruntime as ort
-ort.set_default_logger_severity(spec["log_severity"])
-ort.register_execution_provider_library(spec["ep_name"], spec["ep_library"])
-devices = [d for d in ort.get_ep_devices() if d.ep_name == spec["ep_name"]]
+ort.set_default_logger_severity(boot["log_severity"])
+ort.register_execution_provider_library(boot["ep_name"], boot["ep_library"])
+devices = [d for d in ort.get_ep_devices() if d.ep_name == boot["ep_name"]]
+line = sys.stdin.buffer.readline()
+if not line.strip():
+    sys.exit(0)
+spec = json.loads(line)
 so = ort.SessionOptions()
-so.log_severity_level = spec["log_severity"]
+so.log_severity_level = boot["log_severity"]
 for key, value in spec["config"].items():
     so.add_session_config_entry(key, value)
 so.add_provider_for_devices(devices, spec["provider_options"])
@@ -305,6 +327,74 @@ else:
 with open(spec["result_path"], "w", encoding="utf-8") as f:
     json.dump(result, f)
 """
+
+_prestarted: subprocess.Popen[bytes] | None = None
+_prestart_lock = threading.Lock()
+
+
+def _spawn_child() -> subprocess.Popen[bytes]:
+    sys_path = list(
+        dict.fromkeys(
+            str(Path(m.__file__ or "").resolve().parents[1]) for m in (ort, onnxruntime_qnn)
+        )
+    )
+    boot = {
+        "sys_path": sys_path,
+        "log_severity": 2,  # warnings and errors: enough to name unsupported nodes
+        "ep_name": EP_NAME,
+        "ep_library": onnxruntime_qnn.get_library_path(),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-I", "-c", _CHILD_SCRIPT, json.dumps(boot)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def prestart() -> None:
+    """Start the child interpreter of the next compile now, so that its start-up (Python,
+    ONNX Runtime, the EP's registration: a few hundred ms) overlaps the caller's own work.
+
+    Idempotent. The next :func:`compile_context` or :func:`qnn_graph_ops` builds in it (each
+    child still builds exactly one model, so the bytes do not change); one left unused exits
+    at :func:`release_prestarted`, at interpreter exit, or when this process dies."""
+    global _prestarted
+    with _prestart_lock:
+        if _prestarted is not None and _prestarted.poll() is None:
+            return
+        try:
+            _prestarted = _spawn_child()
+        except OSError:
+            _prestarted = None  # the compile will start its own child and report the error
+
+
+def release_prestarted() -> None:
+    """Let an unused prestarted child (:func:`prestart`) exit."""
+    global _prestarted
+    with _prestart_lock:
+        proc, _prestarted = _prestarted, None
+    if proc is not None:
+        try:
+            proc.communicate(b"", timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+atexit.register(release_prestarted)
+
+
+def _take_child() -> subprocess.Popen[bytes]:
+    """The prestarted child if there is a live one, else a new child."""
+    global _prestarted
+    with _prestart_lock:
+        proc, _prestarted = _prestarted, None
+    if proc is not None and proc.poll() is None:
+        return proc
+    if proc is not None:
+        proc.communicate()  # it died before its build (it said why on stdout): start anew
+    return _spawn_child()
 
 
 def compile_context(
@@ -552,31 +642,17 @@ def _compile_in_child(
     config: dict[str, str],
 ) -> None:
     result_path = build / "result.json"
-    sys_path = list(
-        dict.fromkeys(
-            str(Path(m.__file__ or "").resolve().parents[1]) for m in (ort, onnxruntime_qnn)
-        )
-    )
     spec = {
-        "sys_path": sys_path,
-        "log_severity": 2,  # warnings and errors: enough to name unsupported nodes
-        "ep_name": EP_NAME,
-        "ep_library": onnxruntime_qnn.get_library_path(),
         "provider_options": provider_options,
         "config": config,
         "result_path": str(result_path),
     }
     try:
-        proc = subprocess.run(
-            [sys.executable, "-I", "-c", _CHILD_SCRIPT, json.dumps(spec)],
-            input=data,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
+        proc = _take_child()
+        stdout, _ = proc.communicate(json.dumps(spec).encode() + b"\n" + data)
     except OSError as exc:
         raise EmitError(f"cannot start the QNN compile of {label}: {exc}") from exc
-    log = _ANSI.sub("", proc.stdout.decode("utf-8", "replace"))
+    log = _ANSI.sub("", stdout.decode("utf-8", "replace"))
     try:
         result = json.loads(result_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

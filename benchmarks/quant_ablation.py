@@ -1,0 +1,146 @@
+"""What each piece of the HTP quantization pipeline buys: the default pipeline against itself
+with one piece taken out, per zoo model and scheme, on the HTP simulator.
+
+Variants (each a rewrite of ``targets/hexagon_htp/target.py``'s default pipeline):
+
+- ``default``: the pipeline ``compile()`` runs;
+- ``no-seq-mse``: without the ``seq-mse`` pass (output-aware weight scales and rounding);
+- ``margin=0``, ``margin=0.1``: ``quantize{range_margin=...}`` instead of the default 0.25;
+- ``ln-op``: batched LayerNorms kept as the ``LayerNormalization`` op (no
+  ``lower-layer-norm{min_outer_dims=2}``);
+- ``plain`` (w8a8 only): the automatic 16-bit policy off and the LayerNorm op kept, the plain
+  all-8-bit build the w8a8 cycle target is judged against.
+
+Every variant of a model runs in one process on the same calibration (16) and held-out (4)
+inputs as ``benchmarks/htp.py``. Reported: held-out SQNR against FP32, simulator cycles (min
+of 3 profiled runs; single runs vary by up to ~40% on a loaded machine) and compile time.
+
+    .venv/bin/python benchmarks/quant_ablation.py                       # every model, w8a16 + w8a8
+    .venv/bin/python benchmarks/quant_ablation.py --models vit --schemes w8a8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MODELS = ["resnet", "mobilenet", "vit", "whisper", "llama", "unet"]
+SCHEMES = ["w8a16", "w8a8"]
+_LN = ",lower-layer-norm{min_outer_dims=2}"
+
+
+def variants(scheme: str) -> dict[str, str]:
+    """Variant name -> pipeline; only variants that differ from ``default`` are kept."""
+    import re
+
+    from targets.hexagon_htp.target import default_pipeline
+
+    base = default_pipeline(scheme)
+    quant = f"quantize{{scheme={scheme}}}"
+    out = {
+        "default": base,
+        "no-seq-mse": re.sub(r"seq-mse\{[^}]*\},", "", base),
+        "margin=0": base.replace(quant, f"quantize{{scheme={scheme},range_margin=0}}"),
+        "margin=0.1": base.replace(quant, f"quantize{{scheme={scheme},range_margin=0.1}}"),
+        "ln-op": base.replace(_LN, ""),
+    }
+    if scheme == "w8a8":
+        out["plain"] = base.replace(_LN, "").replace("quantize{", "quantize{auto=false,")
+    return {k: v for k, v in out.items() if k == "default" or v != base}
+
+
+def run_model(name: str, scheme: str, arch: str = "75") -> list[dict[str, Any]]:
+    """Every variant of ``name`` at ``scheme``, in this process."""
+    import compiler
+    from benchmarks.htp import _cycles, _fp32, _input_names, _model, score
+    from targets.hexagon_htp import qnn
+
+    module, calib, held = _model(name)
+    ref = _fp32(module, held)
+    rows = []
+    for label, pipe in variants(scheme).items():
+        row: dict[str, Any] = {"model": name, "scheme": scheme, "variant": label}
+        with tempfile.TemporaryDirectory(prefix="edgec-ablation-") as td:
+            try:
+                t0 = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    cm = compiler.compile(module, calib[0], target=f"htp-v{arch}",
+                                          precision=scheme, calibration_data=calib,
+                                          output_dir=Path(td) / "out", progress=False,
+                                          pipeline=pipe)
+                row["compile_s"] = time.perf_counter() - t0
+                outs = [[np.asarray(o) for o in cm.run(*[t.numpy() for t in b])] for b in held]
+                row["sqnr_db"] = score(name, ref, outs)
+                model_path = Path(cm.artifacts["model"])
+                feed = {i: t.numpy() for i, t in zip(_input_names(model_path), held[0])}
+                best = None
+                for _ in range(3):  # _cycles takes the min of two; three of those
+                    c = _cycles(qnn, model_path, feed)
+                    best = c if best is None or (c is not None and c < best) else best
+                row["cycles"] = best
+            except Exception as e:  # a failed variant is a row, not a crash
+                row["error"] = f"{type(e).__name__}: {e}"
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one row per model/scheme/variant, with deltas against that model's default."""
+    lines = ["Reproduce: `.venv/bin/python benchmarks/quant_ablation.py` (HTP v75 simulator)",
+             "",
+             "| model | scheme | variant | SQNR dB | vs default | cycles (M) | vs default | "
+             "compile s |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    base = {(r["model"], r["scheme"]): r for r in rows if r["variant"] == "default"}
+    for r in rows:
+        d = base.get((r["model"], r["scheme"]), {})
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['scheme']} | {r['variant']} | - | - | - | - | - "
+                         f"| {r['error'][:80]}")
+            continue
+        dq = (f"{r['sqnr_db'] - d['sqnr_db']:+.2f}" if "sqnr_db" in d and r is not d else "")
+        cyc = r.get("cycles")
+        dc = (f"{cyc / d['cycles']:.2f}x" if cyc and d.get("cycles") and r is not d else "")
+        lines.append(f"| {r['model']} | {r['scheme']} | {r['variant']} | {r['sqnr_db']:.2f} | "
+                     f"{dq} | {cyc / 1e6 if cyc else float('nan'):.2f} | {dc} | "
+                     f"{r['compile_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--schemes", default=",".join(SCHEMES))
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
+                    help="folder for quant_ablation.md/.json")
+    args = ap.parse_args(argv)
+    rows: list[dict[str, Any]] = []
+    for scheme in args.schemes.split(","):
+        for name in args.models.split(","):
+            rows.extend(run_model(name.strip(), scheme.strip()))
+    from compiler.fileio import atomic_write_text
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "quant_ablation.json", json.dumps(rows, indent=1) + "\n")
+    md = table(rows)
+    atomic_write_text(args.out / "quant_ablation.md", md)
+    sys.stdout.write(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
