@@ -276,7 +276,11 @@ class SelectCompression(Pass):
                     row["decision"] = "rejected: alone it exceeds the budget"
                     continue
                 trial = working.copy()
-                res = c.action.run(trial, PassContext(target=ctx.target, calibration=scratch))
+                try:
+                    res = c.action.run(trial, PassContext(target=ctx.target,
+                                                          calibration=scratch))
+                except CompressionError:  # an accepted action replaced its layer
+                    res = PassResult(False)
                 if not res.modified:
                     row["decision"] = "skipped: no longer applies"
                     continue

@@ -41,6 +41,7 @@ __all__ = [
     "compression_pipeline",
     "with_compression",
     "layer_name",
+    "check_layer_names",
 ]
 
 #: the target the cost model prices layers for when neither the pass nor the context names one
@@ -89,6 +90,29 @@ def layer_name(node: Node) -> str:
     if node.src:
         return f"{node.src} (%{node.outputs[0].name})"
     return f"%{node.outputs[0].name}"
+
+
+def check_layer_names(graph: Graph, names: Sequence[str], where: str) -> None:
+    """Refuse (``CompressionError``) a ``layers=``/``ranks=``/``sparsities=`` name that names
+    no node of ``graph`` (by node name, first output name or source module), so a typo does
+    not silently compress nothing."""
+    if not names:
+        return
+    known: set[str] = set()
+    for n in graph.nodes:
+        known.update(k for k in (n.name, n.src, n.outputs[0].name if n.outputs else None) if k)
+        if n.outputs:
+            known.add(f"%{n.outputs[0].name}")  # how reports name an unnamed node
+    unknown = [k for k in dict.fromkeys(names) if k not in known]
+    if unknown:
+        import difflib
+
+        hints = [m for k in unknown for m in difflib.get_close_matches(k, sorted(known), 2)]
+        raise CompressionError(
+            f"{where}: no layer named {', '.join(repr(k) for k in unknown)} in the graph"
+            + (f" (did you mean {', '.join(repr(h) for h in dict.fromkeys(hints))}?)"
+               if hints else "; name a node, its output or its source module")
+            + "; refused")
 
 
 def calibration_feeds(graph: Graph, ctx: PassContext, limit: int = 8

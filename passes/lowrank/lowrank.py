@@ -16,7 +16,9 @@ The rank is the largest of those the given criteria ask for (default ``energy=0.
 ``energy`` (kept fraction of the squared singular values), ``ratio`` (the factorized layer's
 MACs as a fraction of the original's; for a Gemm/MatMul also its parameters), ``max_error``
 (relative Frobenius error of the layer, a per-layer error budget) or an explicit ``rank`` /
-per-layer ``ranks``. At full rank the factorization is exact (up to float rounding).
+per-layer ``ranks``. At full rank the factorization is exact (up to float rounding). A rank
+outside ``1..full`` for every conv mode, and a ``layers=``/``ranks=`` name that matches no
+node, are refused with ``CompressionError``.
 
 ``whiten=true`` makes the SVD data-aware: the rows of ``M`` are first transformed by the
 calibration activations' statistics, so that truncation minimises the error of the layer's
@@ -48,6 +50,7 @@ from passes.lowrank.common import (
     CompressionError,
     ShapeRewriter,
     calibration_feeds,
+    check_layer_names,
     collect,
     layer_name,
     nodes_seconds,
@@ -394,6 +397,7 @@ class LowRank(Pass):
         start = rows_from(ctx)
         per_layer = parse_ranks(self.ranks)
         wanted = set(self.layers) | set(per_layer)
+        check_layer_names(graph, [*self.layers, *per_layer], "lowrank")
         target = self.target or ctx.target
         candidates = [n for n in graph.nodes if n.op in ("Gemm", "MatMul", "Conv")
                       and (not wanted or layer_key(n) in wanted or n.src in wanted)]

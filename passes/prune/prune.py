@@ -30,9 +30,12 @@ structured (``channel``, ``head``).
   is removed from every tensor and weight of the block. The result equals the original with
   those heads' contexts zeroed.
 
-``sparsity=0`` changes nothing; ``sparsity=1`` (or ``n=0``) is refused with a
-:class:`~passes.lowrank.common.CompressionError` naming the node. ``ctx.report["compression"]``
-gets one row per layer (or channel group): what was done, why, and the measured error.
+``sparsity=0`` changes nothing; ``sparsity=1`` (or ``n=0``), and a ``layers=``/``sparsities=``
+name that matches no node, are refused with a :class:`~passes.lowrank.common.CompressionError`
+naming the node or the name. ``ctx.report["compression"]`` gets one row per layer (or channel
+group, or attention block): what was done, why, and the measured error (``weight_error`` of a
+sparsified weight, ``alone_sqnr_db`` of a group or block pruned alone, ``model_sqnr_db`` of the
+whole pass, on the calibration data).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from compiler.rewrite import Rewriter
 from passes.lowrank.common import (
     CompressionError,
     calibration_feeds,
+    check_layer_names,
     collect,
     layer_name,
     output_sqnr_db,
@@ -265,6 +269,7 @@ class Prune(Pass):
         units = find_attention(graph)
         per = parse_sparsities(self.sparsities)
         wanted = set(self.layers) | set(per)
+        check_layer_names(graph, [*self.layers, *per], f"prune{{method={self.method}}}")
 
         def names(u: AttentionUnit) -> list[str]:
             projs = u.projections() + ([u.out_proj] if u.out_proj is not None else [])
@@ -340,6 +345,7 @@ class Prune(Pass):
     # -- unstructured and N:M ----------------------------------------------------------------
     def _weights(self, graph: Graph, ctx: PassContext) -> PassResult:
         start = rows_from(ctx)
+        check_layer_names(graph, self.layers, f"prune{{method={self.method}}}")
         nodes = _weight_layers(graph, set(self.layers))
         if self.method == "nm":
             if not 0 <= self.n <= self.m or self.m < 1:
@@ -403,7 +409,10 @@ class Prune(Pass):
             nz = int(np.count_nonzero(new == 0))
             zeros += nz
             total += new.size
+            w64 = np.asarray(w, np.float64)
             entry.update(action="sparsified", sparsity=nz / max(new.size, 1),
+                         weight_error=float(np.linalg.norm(w64 - new) /
+                                            max(float(np.linalg.norm(w64)), 1e-300)),
                          reason=(f"{self.n}:{self.m} pattern" if self.method == "nm"
                                  else f"smallest {self.sparsity:.0%} by "
                                       f"{'|w|*||x||' if scale is not None else '|w|'}"))
@@ -426,6 +435,7 @@ class Prune(Pass):
         plan = plan_channels(graph)
         per = parse_sparsities(self.sparsities)
         wanted = set(self.layers) | set(per)
+        check_layer_names(graph, [*self.layers, *per], f"prune{{method={self.method}}}")
         groups = [g for g in plan.prunable()
                   if not wanted or any(_key(s) in wanted or s.src in wanted for s in g.sources)]
         for g in groups:

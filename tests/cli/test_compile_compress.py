@@ -93,3 +93,40 @@ def test_opt_prunes_attention_heads(tmp_path: Path, capsys: pytest.CaptureFixtur
                         str(tmp_path / "t.ir"))
     assert code == 0, err
     assert [u.heads for u in find_attention(load_ir(tmp_path / "t.ir"))] == [2, 2]
+
+
+@pytest.mark.parametrize("pipe", ["prune{method=magnitude,sparsity=0.5}",
+                                  "prune{method=nm,n=2,m=4}",
+                                  "prune{method=channel,sparsity=0.5,multiple=8}",
+                                  "lowrank{ratio=0.3}",
+                                  "lowrank{rank=8,conv=spatial,force=true}"])
+def test_opt_runs_the_compression_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         pipe: str) -> None:
+    (tmp_path / "net.py").write_text(FACTORY)
+    code, out, err = _cli(capsys, "opt", f"{tmp_path / 'net.py'}:make", "-p",
+                          f"canonicalize,fuse,{pipe}", "-o", str(tmp_path / "n.ir"), "--json")
+    assert code == 0, err
+    stats = json.loads(out)["statistics"]
+    assert any(k.startswith(pipe.split("{")[0]) for k in stats), stats
+    g = load_ir(tmp_path / "n.ir")
+    if "magnitude" in pipe or "nm" in pipe:  # zeros, no change of shape
+        assert "no speed-up on the HTP" in err
+        w = [n.input(1).const for n in g.nodes if n.op == "Conv"]  # type: ignore[union-attr]
+        half = [abs(float((x == 0).mean()) - 0.5) < 0.01 for x in w]  # type: ignore[union-attr]
+        # N:M skips c1 (its reduction, 3*3*3, is not a multiple of m=4) and says so
+        assert all(half) if "magnitude" in pipe else half == [False, True]
+    else:
+        assert sum(n.meta.get("pass") in ("prune", "lowrank") for n in g.nodes) or any(
+            n.op == "Conv" and n.input(1).const.shape[0] < 64  # type: ignore[union-attr]
+            for n in g.nodes)
+
+
+def test_opt_select_compression_without_calibration_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "net.py").write_text(FACTORY)
+    code, _, err = _cli(capsys, "opt", f"{tmp_path / 'net.py'}:make", "-p",
+                        "canonicalize,fuse,select-compression", "--no-reproducer")
+    assert code != 0
+    lines = [ln for ln in err.splitlines() if ln.startswith("edgec: error:")]
+    assert len(lines) == 1 and "calibration" in lines[0], err
+    assert "Traceback" not in err

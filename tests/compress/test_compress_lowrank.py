@@ -147,3 +147,34 @@ def test_explicit_rank_uses_the_conv_mode_it_fits() -> None:
     (row,) = ctx.report["compression"]
     assert row["mode"] == "channel" and row["rank"] == 12
     assert np.isfinite(_out(g, x)).all() and _out(g, x).shape == want.shape
+
+
+def test_energy_and_error_budget_bound_every_layer() -> None:
+    g, ctx, _ = _setup()
+    ctx = PassManager("lowrank{energy=0.9,force=true}").run(g, ctx)
+    rows = [r for r in ctx.report["compression"] if r["action"] == "factorized"]
+    assert len(rows) == 5 and all(r["energy_kept"] >= 0.9 - 1e-6 for r in rows)
+    assert any(r["rank"] < r["full_rank"] for r in rows)
+    g, ctx, _ = _setup()
+    ctx = PassManager("lowrank{max_error=0.3,force=true}").run(g, ctx)
+    rows = [r for r in ctx.report["compression"] if r["action"] == "factorized"]
+    assert len(rows) == 5 and all(r["weight_error"] <= 0.3 + 1e-6 for r in rows)
+    assert any(r["rank"] < r["full_rank"] for r in rows)
+    # a tighter budget never keeps a lower rank
+    g2, ctx2, _ = _setup()
+    ctx2 = PassManager("lowrank{max_error=0.1,force=true}").run(g2, ctx2)
+    tight = {r["layer"]: r["rank"] for r in ctx2.report["compression"]}
+    assert all(tight[r["layer"]] >= r["rank"] for r in rows)
+
+
+@pytest.mark.parametrize("pipe", ["lowrank{layers=conv2d_9}", "lowrank{ranks=linar:4}"])
+def test_unknown_layer_is_refused(pipe: str) -> None:
+    g, ctx, _ = _setup()
+    before = str(g)
+    with pytest.raises(PassError) as e:
+        PassManager(pipe).run(g, ctx)
+    assert isinstance(e.value.__cause__, CompressionError)
+    assert "no layer named" in str(e.value) and "refused" in str(e.value)
+    assert str(g) == before
+    if "linar" in pipe:
+        assert "did you mean 'linear'" in str(e.value)

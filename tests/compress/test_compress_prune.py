@@ -165,3 +165,33 @@ def test_the_passes_run_from_edgec_opt(tmp_path: Path) -> None:
     assert code == 0
     small = load_ir(out)
     assert sum(node_macs(n) for n in small.nodes) < 0.5 * sum(node_macs(n) for n in g.nodes)
+
+
+def test_sensitivity_allocation_prunes_the_robust_groups_harder() -> None:
+    _, g, ctx, _ = _setup()
+    ctx = PassManager("prune{method=channel,sparsity=0.3,allocation=sensitivity}").run(g, ctx)
+    rows = [r for r in ctx.report["compression"] if "alone_sqnr_db" in r]
+    by_sens = sorted(rows, key=lambda r: r["alone_sqnr_db"] or 999.0)
+    # the group that alone costs the most (lowest SQNR) keeps at least as many of its
+    # channels, proportionally, as the one that costs the least
+    assert by_sens[0].get("sparsity", 0.0) <= by_sens[-1].get("sparsity", 0.0)
+    assert all("sensitivity-allocated" in r["reason"] for r in rows if r["action"] == "pruned")
+
+
+def test_unstructured_rows_carry_their_measured_error() -> None:
+    _, g, ctx, _ = _setup()
+    ctx = PassManager("prune{method=magnitude,sparsity=0.5}").run(g, ctx)
+    rows = [r for r in ctx.report["compression"] if r["action"] == "sparsified"]
+    assert rows and all(0 < r["weight_error"] < 1 for r in rows)
+    assert all(r["model_sqnr_db"] is not None and r["model_sqnr_db"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("pipe", ["prune{method=channel,sparsities=c9:0.5}",
+                                  "prune{method=magnitude,layers=fc3}",
+                                  "prune{method=head,layers=blocks.7}"])
+def test_unknown_layer_is_refused(pipe: str) -> None:
+    _, g, ctx, _ = _setup()
+    with pytest.raises(PassError) as e:
+        PassManager(pipe).run(g, ctx)
+    assert isinstance(e.value.__cause__, CompressionError)
+    assert "no layer named" in str(e.value) and "refused" in str(e.value)
