@@ -170,6 +170,17 @@ def _macs(graph: Any) -> int:
     return sum(node_macs(n) for n in graph.nodes)
 
 
+def _without_times(obj: Any) -> Any:
+    """``obj`` without wall-clock entries (keys ending in ``_s``): what goes into report.json,
+    which must be byte-identical for identical input."""
+    if isinstance(obj, dict):
+        return {k: _without_times(v) for k, v in obj.items()
+                if not (isinstance(k, str) and k.endswith("_s"))}
+    if isinstance(obj, list):
+        return [_without_times(v) for v in obj]
+    return obj
+
+
 def _add_to_report_file(path: Path, key: str, value: Any) -> None:
     """Add ``key`` to the artifact's ``report.json`` (atomically, deterministically)."""
     import json
@@ -203,20 +214,24 @@ def _place(graph: Any, tgt: Any, names: list[str], explicit: bool,
            pins: Mapping[str, str] | None, precision: str) -> tuple[Any, Any, bool]:
     """Run the placement for ``compile()``: ``(placement, greedy baseline, applied)``.
 
-    An explicit target list places by cost; one NPU target with pins places greedily (CPU as
-    a fallback) with the pins; one NPU target alone is placed by the emitter as before (the
-    greedy placement is only computed for the report)."""
-    from passes.partition import place
+    An explicit target list places by cost. One NPU target places by the ``fallback`` policy
+    (capability, then small NPU islands moved to the CPU where the cost model predicts a clear
+    win; a model the NPU fully supports is left alone), with any pins. The placement is applied
+    (the emitter cuts partitions by it) when it is explicit, pinned, or differs from the
+    greedy one; otherwise the emitter places by capability as before."""
+    from passes.partition import annotate, place
 
-    apply = explicit or bool(pins)
     plan = list(names) if explicit else [tgt.name, "cpu"]
     if "cpu" not in plan:
         plan.append("cpu")  # the reference runs whatever the NPU does not; cost decides
-    policy: Literal["cost", "greedy"] = "cost" if explicit else "greedy"
+    policy: Literal["cost", "fallback"] = "cost" if explicit else "fallback"
     # the graph is quantized by now: nodes cost at their encodings; float nodes at fp16 in an
     # fp16 build, else at each device's float key
     pl, base = place(graph, plan, policy, pins=pins,
-                     precision="fp16" if precision == "fp16" else None, write=apply)
+                     precision="fp16" if precision == "fp16" else None, write=False)
+    apply = explicit or bool(pins) or pl.assign != base.assign
+    if apply:
+        annotate(pl)
     return pl, base, apply
 
 
@@ -225,7 +240,7 @@ def compile(model: Any, example_inputs: Any = None, *, target: str | Sequence[st
             overrides: Mapping[str, str] | None = None, pipeline: str | None = None,
             output_dir: str | Path | None = None, allow_cpu: bool = True,
             progress: bool | None = None, optimization_level: int = 3,
-            soc_model: str | int | None = None,
+            soc_model: str | int | None = None, vtcm_mb: int | None = None,
             placement: Mapping[str, str] | None = None,
             compress: str | None = None) -> CompiledModel:
     """Compile ``model`` (an ``nn.Module`` with ``example_inputs``, an ``.onnx`` path or an
@@ -242,6 +257,10 @@ def compile(model: Any, example_inputs: Any = None, *, target: str | Sequence[st
     (module-path globs, ``op:<Op>``, ``node:<name>`` -> ``cpu``/``htp``). Either way the
     artifact is one ONNX model with an ``EPContext`` node per NPU partition and plain ONNX
     nodes for the rest; ``report["placement"]`` says where each node went and why.
+
+    HTP build options: ``optimization_level`` (0-3, the QNN graph finalization mode),
+    ``soc_model`` (a Snapdragon name or QNN SoC id recorded in the context), ``vtcm_mb`` (the
+    VTCM budget; default the SoC's); ``precision="fp16"`` builds with HTP FP16 kernels.
 
     Compression: ``compress="lowrank{energy=0.95},prune{method=channel,sparsity=0.3}"`` (or
     ``"auto{min_sqnr_db=30}"``) runs those passes after fusion and before quantization;
@@ -260,7 +279,7 @@ def compile(model: Any, example_inputs: Any = None, *, target: str | Sequence[st
                         overrides=overrides, pipeline=pipeline, output_dir=output_dir,
                         allow_cpu=allow_cpu, progress=progress,
                         optimization_level=optimization_level, soc_model=soc_model,
-                        placement=placement, compress=compress)
+                        vtcm_mb=vtcm_mb, placement=placement, compress=compress)
     finally:
         if htp:
             qnn.release_prestarted()  # unused (a failure before emit): let it exit
@@ -270,7 +289,7 @@ def _compile(model: Any, example_inputs: Any, tgt: Any, target_names: list[str],
              explicit: bool, *, precision: str, calibration_data: Sequence[Any] | None,
              overrides: Mapping[str, str] | None, pipeline: str | None,
              output_dir: str | Path | None, allow_cpu: bool, progress: bool | None,
-             optimization_level: int, soc_model: str | int | None,
+             optimization_level: int, soc_model: str | int | None, vtcm_mb: int | None,
              placement: Mapping[str, str] | None, compress: str | None) -> CompiledModel:
     from compiler.passes import PassContext, PassManager, TimingInstrument
 
@@ -343,7 +362,7 @@ def _compile(model: Any, example_inputs: Any, tgt: Any, target_names: list[str],
                      for p in pl.partitions]
         res = emit(graph, out, arch=tgt.arch, allow_cpu=allow_cpu, progress=say,
                    optimization_level=optimization_level, soc_model=soc_model,
-                   fp16_precision=precision == "fp16", placement=parts)
+                   fp16_precision=precision == "fp16", vtcm_mb=vtcm_mb, placement=parts)
         artifacts = {"model": res.model, "ir": res.ir, "report": res.report_path}
         for i, b in enumerate(res.bins):
             artifacts[f"context{i}"] = b
@@ -365,6 +384,9 @@ def _compile(model: Any, example_inputs: Any, tgt: Any, target_names: list[str],
     report["compression"] = ctx.report.get("compression", [])
     if report["compression"] and "report" in artifacts:
         _add_to_report_file(artifacts["report"], "compression", report["compression"])
+    if report["quantization"] and "report" in artifacts:
+        _add_to_report_file(artifacts["report"], "quantization",
+                            _without_times(report["quantization"]))
     report["notes"] = list(ctx.log)
     cm = CompiledModel(out, report, artifacts, [v.name for v in graph.inputs], tmp, graph)
     t0 = time.perf_counter()

@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "reproducer.ir in the current directory)")
     o.add_argument("--no-reproducer", dest="reproducer", action="store_const", const=None,
                    help="write no crash reproducer")
+    o.add_argument("--calib", metavar="INPUTS.npz",
+                   help="input samples for passes that measure (calibrate, seq-mse, "
+                        "select-compression, data-aware lowrank/prune): one array per graph "
+                        "input, leading axis = samples")
+    o.add_argument("--target", help="the target whose quantization rules quantize uses "
+                                    "(htp-v75, cpu, ...; default: generic rules)")
     o.add_argument("--inline-limit", type=int, default=1,
                    help="print constants with at most this many elements in full")
     o.add_argument("--json", action="store_true", help="machine-readable output")

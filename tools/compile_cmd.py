@@ -38,6 +38,13 @@ def add_compile_parser(sub: Any) -> None:
                    help="compression before quantization, e.g. 'lowrank{energy=0.95}' or "
                         "'auto{min_sqnr_db=30}'")
     c.add_argument("--pipeline", help="replace the target's default pass pipeline")
+    c.add_argument("--opt-level", type=int, default=3, choices=[0, 1, 2, 3],
+                   help="HTP graph finalization optimization mode (default 3)")
+    c.add_argument("--vtcm-mb", type=int, metavar="MB",
+                   help="VTCM budget of the HTP context (default: the SoC's)")
+    c.add_argument("--soc", metavar="NAME",
+                   help="SoC the context is built for: a chip name (SM8650) or a QNN SoC id; "
+                        "it must have the --target arch")
     c.add_argument("--no-cpu", dest="allow_cpu", action="store_false",
                    help="fail instead of placing any node on the CPU")
     c.add_argument("--json", action="store_true", help="print the whole report as JSON")
@@ -91,7 +98,8 @@ def run_compile(args: argparse.Namespace) -> int:
                           calibration_data=calib if calib is not None else [example],
                           overrides=overrides, pipeline=args.pipeline, output_dir=args.output,
                           allow_cpu=args.allow_cpu, placement=pins or None,
-                          compress=args.compress)
+                          compress=args.compress, optimization_level=args.opt_level,
+                          vtcm_mb=args.vtcm_mb, soc_model=args.soc)
     if args.json:
         sys.stdout.write(json.dumps(cm.report, indent=2, sort_keys=True, default=str) + "\n")
         return 0

@@ -298,3 +298,50 @@ def test_compile_float_onnx_needs_no_calib_and_quantized_does(
                     "-o", str(tmp_path / "out2"), match="needs --calib")
     assert "w8a8" in line
     assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.htp
+def test_compile_htp_build_options_reach_the_context(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    example = f"{ROOT / 'tools' / 'examples' / 'tiny_cnn.py'}:make"
+    out = tmp_path / "out"
+    code, _, err = _cli(capsys, "compile", example, "--precision", "w8a8", "--opt-level", "1",
+                        "--vtcm-mb", "2", "--soc", "SM8650", "-o", str(out))
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["options"]["optimization_level"] == 1
+    assert report["options"]["vtcm_mb"] == 2
+    assert str(report["soc_model"]) != "None"
+    line = _refused(capsys, "compile", example, "--target", "htp-v68", "--soc", "SM8650",
+                    "-o", str(tmp_path / "bad"), match="SM8650")
+    assert "v68" in line or "v75" in line
+
+
+def test_opt_calib_and_target_run_measuring_passes(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """``edgec opt --calib`` feeds passes that measure (calibrate, select-compression);
+    ``--target`` gives quantize the target's rules; without --calib they refuse in one line."""
+    from tools.examples.tiny_cnn import calibration_batches
+
+    example = f"{ROOT / 'tools' / 'examples' / 'tiny_cnn.py'}:make"
+    npz = tmp_path / "calib.npz"
+    # the example's input name, from the model the CLI loads
+    from tools.loading import load_model
+
+    name = load_model(example).inputs[0].name
+    np.savez(npz, **{name: np.stack([b[0].numpy() for b in calibration_batches(4)])})
+    out = tmp_path / "q.ir"
+    code, _, err = _cli(capsys, "opt", example, "-p",
+                        "canonicalize,fuse,calibrate,quantize{scheme=w8a8}", "--calib",
+                        str(npz), "--target", "htp-v75", "-o", str(out), "--no-reproducer")
+    assert code == 0, err
+    g = load_ir(out)
+    enc = [v.encoding for n in g.nodes for v in n.outputs if v is not None and v.encoding]
+    assert enc and all(e.bits in (8, 16) for e in enc)
+    code, out_json, err = _cli(capsys, "opt", example, "-p",
+                               "canonicalize,fuse,select-compression{min_sqnr_db=15}",
+                               "--calib", str(npz), "--json", "--no-reproducer")
+    assert code == 0, err
+    assert "select-compression" in json.dumps(json.loads(out_json))
+    _refused(capsys, "opt", example, "-p", "canonicalize,fuse,calibrate", "--no-reproducer",
+             match="calibrat")
