@@ -4,11 +4,14 @@ with one piece taken out, per zoo model and scheme, on the HTP simulator.
 Variants (each a rewrite of ``targets/hexagon_htp/target.py``'s default pipeline):
 
 - ``default``: the pipeline ``compile()`` runs;
-- ``no-seq-mse``: without the ``seq-mse`` pass (output-aware weight scales and rounding);
-- ``margin=0``, ``margin=0.1``: ``quantize{range_margin=...}`` instead of the default 0.25;
-- ``ln-op``: batched LayerNorms kept as the ``LayerNormalization`` op (no
-  ``lower-layer-norm{min_outer_dims=2}``);
-- ``plain`` (w8a8 only): the automatic 16-bit policy off and the LayerNorm op kept, the plain
+- ``+seq-mse(gptq)`` (w8a16): with ``seq-mse{rounding=gptq}`` (output-aware weight scales and
+  GPTQ rounding) between calibrate and quantize;
+- ``+ln-written+seq-mse(gptq)`` (w8a16): that, with batched LayerNorms written out
+  (``lower-layer-norm{min_outer_dims=2}``);
+- ``margin=0``, ``margin=0.1`` (w8a16): ``quantize{range_margin=...}`` instead of 0.25;
+- ``ln-op`` (w8a8): batched LayerNorms kept as the ``LayerNormalization`` op;
+- ``percentile`` (w8a8): ``calibrate{method=percentile}`` instead of ``mse``;
+- ``plain`` (w8a8): the automatic 16-bit policy off and the LayerNorm op kept, the plain
   all-8-bit build the w8a8 cycle target is judged against.
 
 Every variant of a model runs in one process on the same calibration (16) and held-out (4)
@@ -43,21 +46,22 @@ _LN = ",lower-layer-norm{min_outer_dims=2}"
 
 def variants(scheme: str) -> dict[str, str]:
     """Variant name -> pipeline; only variants that differ from ``default`` are kept."""
-    import re
-
     from targets.hexagon_htp.target import default_pipeline
 
     base = default_pipeline(scheme)
     quant = f"quantize{{scheme={scheme}}}"
-    out = {
-        "default": base,
-        "no-seq-mse": re.sub(r"seq-mse\{[^}]*\},", "", base),
-        "margin=0": base.replace(quant, f"quantize{{scheme={scheme},range_margin=0}}"),
-        "margin=0.1": base.replace(quant, f"quantize{{scheme={scheme},range_margin=0.1}}"),
-        "ln-op": base.replace(_LN, ""),
-    }
+    gptq = base.replace(",quantize{", ",seq-mse{rounding=gptq},quantize{")
     if scheme == "w8a8":
-        out["plain"] = base.replace(_LN, "").replace("quantize{", "quantize{auto=false,")
+        out = {"default": base, "ln-op": base.replace(_LN, ""),
+               "percentile": base.replace("method=mse", "method=percentile"),
+               "plain": base.replace(_LN, "").replace("quantize{", "quantize{auto=false,")}
+    else:
+        out = {"default": base, "+seq-mse(gptq)": gptq,
+               "+ln-written+seq-mse(gptq)": gptq.replace(
+                   "lower-group-norm,", "lower-group-norm" + _LN + ",", 1),
+               "margin=0": base.replace(quant, f"quantize{{scheme={scheme},range_margin=0}}"),
+               "margin=0.1": base.replace(quant,
+                                          f"quantize{{scheme={scheme},range_margin=0.1}}")}
     return {k: v for k, v in out.items() if k == "default" or v != base}
 
 
