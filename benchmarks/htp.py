@@ -150,15 +150,25 @@ def _feeds(names: list[str], batches: list[tuple[Any, ...]]) -> list[dict[str, n
     return [dict(zip(names, [t.numpy() for t in b])) for b in batches]
 
 
-def _job_ort(name: str, scheme: str, arch: str, work: Path, strong: bool) -> dict[str, Any]:
-    from benchmarks.ort_baseline import export_torchscript, run_ort_recipe
-    from targets.hexagon_htp import qnn
+def _exported(name: str, work: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]],
+                                              list[list[np.ndarray]], list[str], float]:
+    """The baselines' common start: calibration and held-out inputs, FP32 outputs on the
+    held-out ones, and the TorchScript export to ``work/model.onnx`` (its input names and
+    seconds)."""
+    from benchmarks.ort_baseline import export_torchscript
 
     module, calib, held = _model(name)
     ref = _fp32(module, held)
     t0 = time.perf_counter()
     names = export_torchscript(module, calib[0], work / "model.onnx")
-    export_s = time.perf_counter() - t0
+    return calib, held, ref, names, time.perf_counter() - t0
+
+
+def _job_ort(name: str, scheme: str, arch: str, work: Path, strong: bool) -> dict[str, Any]:
+    from benchmarks.ort_baseline import run_ort_recipe
+    from targets.hexagon_htp import qnn
+
+    calib, held, ref, names, export_s = _exported(name, work)
 
     def feeds(batches: list[tuple[Any, ...]]) -> list[dict[str, np.ndarray]]:
         return _feeds(names, batches)
@@ -202,14 +212,9 @@ def _job_aimet(name: str, scheme: str, arch: str, work: Path,
     from onnxruntime.quantization.execution_providers.qnn import qnn_preprocess_model
 
     from benchmarks.aimet_baseline import save_feeds
-    from benchmarks.ort_baseline import export_torchscript
     from targets.hexagon_htp import qnn
 
-    module, calib, held = _model(name)
-    ref = _fp32(module, held)
-    t0 = time.perf_counter()
-    names = export_torchscript(module, calib[0], work / "model.onnx")
-    export_s = time.perf_counter() - t0
+    calib, held, ref, names, export_s = _exported(name, work)
 
     def feeds(batches: list[tuple[Any, ...]]) -> list[dict[str, np.ndarray]]:
         return _feeds(names, batches)

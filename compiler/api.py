@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from compiler.errors import EdgecError, ModelLoadError, QuantizationError, TargetError
+from compiler.errors import EdgecError, EmitError, ModelLoadError, QuantizationError, TargetError
 
 __all__ = ["compile", "CompiledModel"]
 
@@ -360,9 +360,20 @@ def _compile(model: Any, example_inputs: Any, tgt: Any, target_names: list[str],
         if applied:
             parts = [(family(p.target), [n for i in p.items for n in pl.problem.items[i].names])
                      for p in pl.partitions]
-        res = emit(graph, out, arch=tgt.arch, allow_cpu=allow_cpu, progress=say,
-                   optimization_level=optimization_level, soc_model=soc_model,
-                   fp16_precision=precision == "fp16", vtcm_mb=vtcm_mb, placement=parts)
+        emit_opts: dict[str, Any] = {
+            "arch": tgt.arch, "allow_cpu": allow_cpu, "progress": say,
+            "optimization_level": optimization_level, "soc_model": soc_model,
+            "fp16_precision": precision == "fp16", "vtcm_mb": vtcm_mb}
+        try:
+            res = emit(graph, out, placement=parts, **emit_opts)
+        except EmitError as e:
+            if parts is None or explicit or placement:
+                raise
+            # the fallback policy's own placement (nobody asked for it) could not be built:
+            # build the emitter's capability placement instead, and say so
+            ctx.note(f"the cost-driven fallback placement could not be built ({e}); "
+                     "placed by capability instead")
+            res = emit(graph, out, placement=None, **emit_opts)
         artifacts = {"model": res.model, "ir": res.ir, "report": res.report_path}
         for i, b in enumerate(res.bins):
             artifacts[f"context{i}"] = b
