@@ -1,14 +1,22 @@
-"""Run edgec's benchmarks: ``ingest`` (foundation: import/canonicalize/export vs the onnx
-package) and ``htp`` (compile for the HTP vs ONNX Runtime's QNN recipe, on the simulator).
+"""Run edgec's benchmarks, each against its baseline side by side in one run:
+
+- ``ingest``: import/canonicalize/export vs the onnx package (foundation);
+- ``htp``: compile for the HTP vs ONNX Runtime's QNN recipe and AIMET, on the simulator;
+- ``quant_ablation``: what each piece of the HTP quantization pipeline buys;
+- ``cost``: predicted vs published latency, rank correlation vs simulator cycles;
+- ``placement``: cost-driven vs greedy placement on the zoo;
+- ``compress``: accuracy vs MACs, cycles and size of the compression passes.
+
 Each writes its table to ``benchmarks/results/<name>.md``; the README quotes them.
 
     .venv/bin/python benchmarks/run.py                 # everything
-    .venv/bin/python benchmarks/run.py --only ingest   # one of them
+    .venv/bin/python benchmarks/run.py --only ingest   # one of them (repeatable)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -16,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-BENCHMARKS = ("ingest", "htp")
+BENCHMARKS = ("ingest", "htp", "quant_ablation", "cost", "placement", "compress")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,14 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = p.parse_known_args(argv)
     code = 0
     for name in args.only or BENCHMARKS:
-        if name == "ingest":
-            from benchmarks import ingest
-
-            code |= ingest.main(rest)
-        else:
-            from benchmarks import htp
-
-            code |= htp.main(rest)
+        code |= importlib.import_module(f"benchmarks.{name}").main(rest)
     return code
 
 
