@@ -15,6 +15,7 @@ the wrong shape or dtype, or NaN/Inf activations (the first tensor and the node 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -25,7 +26,8 @@ from compiler.ir import Graph, Value
 from compiler.passes import Pass, PassContext, PassResult, option
 from passes.quant.observers import Observer, RangeStats
 
-__all__ = ["Calibrate", "CALIBRATION_KEY", "activation_values", "calibration_of", "check_batch"]
+__all__ = ["Calibrate", "CALIBRATION_KEY", "activation_values", "calibration_of", "check_batch",
+           "stream_reference"]
 
 CALIBRATION_KEY = "_calibration"
 
@@ -82,6 +84,31 @@ class _Moments:
         return self.sum / self.count, self.sq / self.count
 
 
+def stream_reference(graph: Graph, batches: list[Any], outputs: list[str], ctx: PassContext,
+                     desc: str) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Run the calibration ``batches`` through the float CPU reference one at a time, yielding
+    ``(index, {name: value})`` for ``outputs`` (each batch's values are dropped before the
+    next runs); a progress bar named ``desc`` shows on a terminal, or when ``ctx.progress``."""
+    from compiler.reference import ReferenceRunner
+
+    runner = ReferenceRunner(graph, outputs=outputs, qdq=False)
+    bar = None
+    if ctx.progress or (sys.stderr.isatty() and len(batches) > 4):
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(batches), desc=desc, unit="batch", leave=False, file=sys.stderr)
+    try:
+        for i, batch in enumerate(batches):
+            got = runner.run(check_batch(graph, i, batch))
+            yield i, got
+            del got
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def check_batch(graph: Graph, i: int, batch: Any) -> dict[str, np.ndarray]:
     if not isinstance(batch, dict):
         raise QuantizationError(f"calibration batch {i} must map input names to arrays, not "
@@ -128,8 +155,6 @@ class Calibrate(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         """Observe every float activation on every batch."""
-        from compiler.reference import ReferenceRunner
-
         batches = list(ctx.calibration or [])
         if not batches:
             raise QuantizationError("calibrate: the calibration set is empty; pass at least "
@@ -142,31 +167,15 @@ class Calibrate(Pass):
                     for v in values}
         observers = {n: Observer(n) for n in names}
         moments = {n: _Moments(a) for n, a in _input_channel_axis(graph).items() if n in names}
-        runner = ReferenceRunner(graph, outputs=names, qdq=False)
-        bar = None
-        if ctx.progress or (sys.stderr.isatty() and len(batches) > 4):
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(batches), desc="calibrate", unit="batch", leave=False,
-                       file=sys.stderr)
-        try:
-            for i, batch in enumerate(batches):
-                feed = check_batch(graph, i, batch)
-                got = runner.run(feed)
-                for n in names:  # graph order: the first bad tensor is the one reported
-                    try:
-                        observers[n].update(got[n])
-                    except NumericsError as e:
-                        raise QuantizationError(f"calibration batch {i}: {e} (made by "
-                                                f"{producer[n]})") from None
-                for n, mo in moments.items():
-                    mo.update(got[n])
-                del got
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+        for i, got in stream_reference(graph, batches, names, ctx, "calibrate"):
+            for n in names:  # graph order: the first bad tensor is the one reported
+                try:
+                    observers[n].update(got[n])
+                except NumericsError as e:
+                    raise QuantizationError(f"calibration batch {i}: {e} (made by "
+                                            f"{producer[n]})") from None
+            for n, mo in moments.items():
+                mo.update(got[n])
         stats: dict[str, RangeStats] = {n: o.stats() for n, o in observers.items()}
         graph.meta[CALIBRATION_KEY] = {"method": self.method, "percentile": self.percentile,
                                        "batches": len(batches), "stats": stats,

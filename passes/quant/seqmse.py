@@ -46,7 +46,7 @@ import numpy as np
 from compiler.errors import QuantizationError
 from compiler.ir import Graph, Node, QuantEncoding, Value
 from compiler.passes import Pass, PassContext, PassResult, option
-from passes.quant.calibrate import calibration_of, check_batch
+from passes.quant.calibrate import calibration_of, stream_reference
 
 __all__ = ["SeqMse"]
 
@@ -433,32 +433,15 @@ class SeqMse(Pass):
     # -- steps ---------------------------------------------------------------------------------
     def _collect(self, graph: Graph, ctx: PassContext, layers: list[_Layer]) -> None:
         """Stream the calibration batches through the reference; accumulate each layer's Gram."""
-        from compiler.reference import ReferenceRunner
-
         batches = list(ctx.calibration or [])
         if not batches:
             raise QuantizationError("seq-mse: the calibration set is empty")
         names = sorted({lay.node.inputs[0].name for lay in layers  # type: ignore[union-attr]
                         })
-        runner = ReferenceRunner(graph, outputs=names, qdq=False)
-        bar = None
-        if ctx.progress or (sys.stderr.isatty() and len(batches) > 4):
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(batches), desc="seq-mse: gram", unit="batch", leave=False,
-                       file=sys.stderr)
-        try:
-            for i, batch in enumerate(batches):
-                got = runner.run(check_batch(graph, i, batch))
-                for lay in layers:
-                    x = got[lay.node.inputs[0].name]  # type: ignore[union-attr]
-                    lay.update(_features(lay.node, np.asarray(x), lay.groups))
-                del got
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+        for _, got in stream_reference(graph, batches, names, ctx, "seq-mse: gram"):
+            for lay in layers:
+                x = got[lay.node.inputs[0].name]  # type: ignore[union-attr]
+                lay.update(_features(lay.node, np.asarray(x), lay.groups))
 
     def _plain_scales(self, lay: _Layer, moments: dict[str, Any]) -> np.ndarray:
         """Per output channel, the scale ``quantize`` would choose by itself."""
