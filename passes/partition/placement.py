@@ -577,6 +577,7 @@ def _fallback(problem: Problem) -> Placement:
         parts = [p for p in best.partitions if p.target in npu]
         anchor = max(parts, key=lambda p: (p.compute_s, -p.index)) if parts else None
         improved: Placement | None = None
+        margin = max(FALLBACK_MARGIN_S, FALLBACK_MARGIN_FRAC * best.total_s)
         for p in parts:
             if p is anchor or not all(cpu[0] in problem.items[i].allowed for i in p.items):
                 continue
@@ -588,7 +589,6 @@ def _fallback(problem: Problem) -> Placement:
             for i in p.items:
                 cand[i] = cpu[0]
             e = evaluate(problem, cand, "fallback")
-            margin = max(FALLBACK_MARGIN_S, FALLBACK_MARGIN_FRAC * best.total_s)
             if e.total_s < best.total_s - margin and (improved is None
                                                        or e.total_s < improved.total_s):
                 improved = e

@@ -41,9 +41,9 @@ from compiler.errors import EmitError, FinalizeError, VerifyError
 from compiler.fileio import atomic_write_text
 from compiler.ir import Graph, Node, save_ir
 from targets.hexagon_htp import qnn
-from targets.hexagon_htp.legalize import QdqLegalization, legalize_graph, legalize_qdq
+from targets.hexagon_htp.legalize import QdqLegalization, _Names, legalize_graph, legalize_qdq
 from targets.hexagon_htp.legalize_matmul import sign_matmul_rhs
-from targets.hexagon_htp.target import supports
+from targets.hexagon_htp.target import DEVICES, supports
 
 __all__ = ["emit", "EmitResult"]
 
@@ -243,15 +243,11 @@ def emit(graph: Graph, out_dir: str | os.PathLike[str], *, arch: str,
                             "allow_cpu_fallback": allow_cpu}
     # ORT keeps node names (not tensor names) of nodes it leaves outside a context: name
     # every node, deterministically, so each one in the deployable model can be traced back.
-    taken = {n.name for n in graph.nodes if n.name}
+    names = _Names({n.name for n in graph.nodes if n.name})
     for n in graph.nodes:
         if not n.name:
-            base = n.outputs[0].name if n.outputs and n.outputs[0] is not None else n.op
-            name, i = base, 1
-            while name in taken:
-                name, i = f"{base}_{i}", i + 1
-            n.name = name
-            taken.add(name)
+            n.name = names.fresh(n.outputs[0].name if n.outputs and n.outputs[0] is not None
+                                 else n.op)
     predicted = {}
     placed_cpu: set[str] = set()
     if placement is not None:
@@ -260,8 +256,9 @@ def emit(graph: Graph, out_dir: str | os.PathLike[str], *, arch: str,
             if n.name in placed_cpu:
                 predicted[n.name] = str(n.meta.get("placement_reason", "placed on the CPU"))
     else:
+        vtcm = DEVICES[arch].vtcm_bytes  # the device's, as the placement pass checks it
         for n in graph.nodes:
-            s = supports(n, fp16=fp16)
+            s = supports(n, fp16=fp16, vtcm_bytes=vtcm)
             n.placement = "htp" if s.ok else "cpu"
             if not s.ok:
                 predicted[_node_key(n)] = f"{s.reason.value}: {s.detail}"

@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from targets.hexagon_htp.legalize import _Names
+
 __all__ = ["sign_matmul_rhs"]
 
 _Q, _DQ = "QuantizeLinear", "DequantizeLinear"
@@ -33,16 +35,8 @@ def sign_matmul_rhs(model: onnx.ModelProto) -> list[str]:
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
-    used = set(inits) | {i.name for i in g.input} | set(producer)
-    node_names = {n.name for n in g.node if n.name}
-
-    def fresh(base: str, taken: set[str]) -> str:
-        name, k = base, 0
-        while name in taken:
-            k += 1
-            name = f"{base}_{k}"
-        taken.add(name)
-        return name
+    tensors = _Names(set(inits) | {i.name for i in g.input} | set(producer))
+    nodes = _Names({n.name for n in g.node if n.name})
 
     def u16_dq(t: str) -> onnx.NodeProto | None:
         d = producer.get(t)
@@ -63,18 +57,17 @@ def sign_matmul_rhs(model: onnx.ModelProto) -> list[str]:
             if a is not None and b is not None and int(
                     numpy_helper.to_array(inits[b.input[2]]).reshape(-1)[0]) == _MID:
                 base = n.input[1]
-                zp = fresh(f"{base}_s16_zero_point", used)
+                zp = tensors.fresh(f"{base}_s16_zero_point")
                 g.initializer.append(numpy_helper.from_array(np.asarray(0, np.int16), zp))
-                real, q16, s16 = (fresh(f"{base}_{k}", used) for k in ("u16", "s16_q", "s16"))
+                real, q16, s16 = (tensors.fresh(f"{base}_{k}") for k in ("u16", "s16_q", "s16"))
                 # a DQ of its own: the EP fuses DQ -> Q into a Convert only when that Q is the
                 # DQ's only reader
                 ordered += [
-                    helper.make_node(_DQ, list(b.input), [real], name=fresh(f"{real}_dq",
-                                                                            node_names)),
+                    helper.make_node(_DQ, list(b.input), [real], name=nodes.fresh(f"{real}_dq")),
                     helper.make_node(_Q, [real, b.input[1], zp], [q16],
-                                     name=fresh(f"{q16}_q", node_names)),
+                                     name=nodes.fresh(f"{q16}_q")),
                     helper.make_node(_DQ, [q16, b.input[1], zp], [s16],
-                                     name=fresh(f"{s16}_dq", node_names)),
+                                     name=nodes.fresh(f"{s16}_dq")),
                 ]
                 n.input[1] = s16
                 changed.append(n.name or n.output[0])

@@ -397,6 +397,32 @@ def _take_child() -> subprocess.Popen[bytes]:
     return _spawn_child()
 
 
+def _check_optimization_level(optimization_level: int) -> None:
+    if isinstance(optimization_level, bool) or optimization_level not in (0, 1, 2, 3):
+        raise TargetError(f"optimization_level must be 0, 1, 2 or 3, not {optimization_level!r}")
+
+
+def _serialized(qdq_model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[bytes, str]:
+    """The model's bytes and its label for messages."""
+    model, label = _load_model(qdq_model)
+    try:
+        return model.SerializeToString(), label
+    except ValueError as exc:  # protobuf refuses messages over 2 GiB
+        raise EmitError(f"{label} is too large to compile as one HTP context: {exc}") from exc
+
+
+def _base_provider_options(arch: str, optimization_level: int) -> dict[str, str]:
+    """The QNN EP options every HTP build here shares."""
+    return {
+        "backend_path": onnxruntime_qnn.get_qnn_htp_path(),
+        "htp_arch": arch,
+        "htp_graph_finalization_optimization_mode": str(optimization_level),
+        # With CPU fallback allowed the EP would by default push the graph-input Quantize and
+        # graph-output Dequantize out to the CPU; keep them in so both modes build one graph.
+        "offload_graph_io_quantization": "0",
+    }
+
+
 def compile_context(
     qdq_model: onnx.ModelProto | str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -443,8 +469,7 @@ def compile_context(
     soc = resolve_soc_model(soc_model, arch)
     if fp16_precision and soc is None:
         soc = DEFAULT_SOC[arch]
-    if isinstance(optimization_level, bool) or optimization_level not in (0, 1, 2, 3):
-        raise TargetError(f"optimization_level must be 0, 1, 2 or 3, not {optimization_level!r}")
+    _check_optimization_level(optimization_level)
     if vtcm_mb is not None and (
         isinstance(vtcm_mb, bool) or not isinstance(vtcm_mb, int) or vtcm_mb <= 0
     ):
@@ -452,20 +477,8 @@ def compile_context(
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
         raise EmitError(f"context name {name!r} must be a plain file stem")
 
-    model, label = _load_model(qdq_model)
-    try:
-        data = model.SerializeToString()
-    except ValueError as exc:  # protobuf refuses messages over 2 GiB
-        raise EmitError(f"{label} is too large to compile as one HTP context: {exc}") from exc
-
-    provider_options = {
-        "backend_path": onnxruntime_qnn.get_qnn_htp_path(),
-        "htp_arch": arch,
-        "htp_graph_finalization_optimization_mode": str(optimization_level),
-        # With CPU fallback allowed the EP would by default push the graph-input Quantize and
-        # graph-output Dequantize out to the CPU; keep them in so both modes build one graph.
-        "offload_graph_io_quantization": "0",
-    }
+    data, label = _serialized(qdq_model)
+    provider_options = _base_provider_options(arch, optimization_level)
     if soc is not None:
         provider_options["soc_model"] = str(soc)
     if fp16_precision:
@@ -563,25 +576,14 @@ def qnn_graph_ops(
     unit still compiles, as a float op between standalone ``Dequantize``/``Quantize`` ops, and
     costs 10-100x the simulator cycles. Raises like :func:`compile_context`."""
     arch = validate_arch(arch)
-    if isinstance(optimization_level, bool) or optimization_level not in (0, 1, 2, 3):
-        raise TargetError(f"optimization_level must be 0, 1, 2 or 3, not {optimization_level!r}")
-    model, label = _load_model(qdq_model)
-    try:
-        data = model.SerializeToString()
-    except ValueError as exc:
-        raise EmitError(f"{label} is too large to compile as one HTP context: {exc}") from exc
+    _check_optimization_level(optimization_level)
+    data, label = _serialized(qdq_model)
     with tempfile.TemporaryDirectory(prefix="edgec-qnn-json-") as tmp:
         build = Path(tmp)
         dump = build / "json"
         dump.mkdir()
-        options = {
-            "backend_path": onnxruntime_qnn.get_qnn_htp_path(),
-            "htp_arch": arch,
-            "htp_graph_finalization_optimization_mode": str(optimization_level),
-            "offload_graph_io_quantization": "0",
-            "dump_json_qnn_graph": "1",
-            "json_qnn_graph_dir": str(dump),
-        }
+        options = {**_base_provider_options(arch, optimization_level),
+                   "dump_json_qnn_graph": "1", "json_qnn_graph_dir": str(dump)}
         _compile_in_child(data, label, arch, build, options,
                           {"session.disable_cpu_ep_fallback": "0" if allow_cpu_fallback else "1"})
         ops: list[QnnOp] = []
