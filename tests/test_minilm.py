@@ -78,7 +78,9 @@ def test_compiles_for_the_htp_and_keeps_the_embeddings(model: minilm.MiniLM,
     # (0.936-0.948 without it; ORT's strong recipe: 0.948 with 13 CPU nodes)
     assert min(cos) > 0.99, cos
     kept = cm.report["quantization"]["kept_16bit"]
-    assert sum("residual branch" in k["reason"] for k in kept) >= 12  # 6 layers x 2 branches
+    # 6 layers x the FFN output (the Gemm's and its Reshape's); the attention output
+    # projections carry no outliers and stay 8-bit
+    assert sum("residual branch" in k["reason"] for k in kept) == 12
 
 
 @pytest.mark.htp
