@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -106,10 +107,9 @@ def plain_pipeline(arch: str, scheme: str) -> str:
     return pipe.replace("quantize{", "quantize{auto=false,", 1)
 
 
-def _job_edgec(name: str, scheme: str, arch: str, work: Path,
+def _job_edgec(name: str, scheme: str, arch: str, work: Path, keep: Path,
                plain: bool = False) -> dict[str, Any]:
     import compiler
-    from targets.hexagon_htp import qnn
 
     module, calib, held = _model(name)
     ref = _fp32(module, held)
@@ -122,12 +122,11 @@ def _job_edgec(name: str, scheme: str, arch: str, work: Path,
     outs = [[np.asarray(o) for o in cm.run(*[t.numpy() for t in b])] for b in held]
     s = cm.report["summary"]
     model_path = cm.artifacts["model"]
-    cycles = _cycles(qnn, Path(model_path), {i: t.numpy() for i, t in
-                                             zip(_input_names(model_path), held[0])})
+    feed = {i: t.numpy() for i, t in zip(_input_names(model_path), held[0])}
     kept = (cm.report.get("quantization") or {}).get("kept_16bit") or []
     return {"score": score(name, ref, outs), "contexts": s["partitions"],
-            "cpu_nodes": s["cpu_nodes"], "cycles": cycles, "compile_s": secs,
-            "kept_16bit": len(kept)}
+            "cpu_nodes": s["cpu_nodes"], "ctx_model": _keep(Path(model_path), feed, keep),
+            "compile_s": secs, "kept_16bit": len(kept)}
 
 
 def _input_names(model_path: str | Path) -> list[str]:
@@ -136,13 +135,35 @@ def _input_names(model_path: str | Path) -> list[str]:
     return [i.name for i in onnx.load(str(model_path), load_external_data=False).graph.input]
 
 
-def _cycles(qnn: Any, ctx: Path, feed: dict[str, np.ndarray]) -> float | None:
-    best = None
-    for _ in range(2):
-        prof = qnn.run_context(ctx, feed, profile=True).profile
-        if prof is not None:
-            best = prof.total_cycles if best is None else min(best, prof.total_cycles)
-    return None if best is None else float(best)
+def _keep(ctx_model: Path, feed: dict[str, np.ndarray], keep: Path) -> str:
+    """Copy a built context (its directory: the EPContext model and its .bin) and one held-out
+    feed to ``keep`` for the per-model cycle measurement; returns the copied model's path."""
+    keep.mkdir(parents=True, exist_ok=True)
+    dest = Path(tempfile.mkdtemp(prefix="ctx-", dir=keep))
+    for f in ctx_model.parent.iterdir():
+        if f.is_file():
+            shutil.copy2(f, dest / f.name)
+    np.savez(dest / "feed.npz", **feed)  # type: ignore[arg-type]
+    return str(dest / ctx_model.name)
+
+
+def measure_cycles(models: list[str], rounds: int = 4) -> list[float | None]:
+    """Simulator cycles of each context model (with the ``feed.npz`` beside it), measured
+    side by side: ``rounds`` rounds over all of them, the minimum per model. The simulator's
+    profile varies from run to run and with the machine's load (the same plain-w8a8 ViT
+    context measured 4.7-6.1 M in separate processes), so builds are only compared when
+    interleaved in one process."""
+    from targets.hexagon_htp import qnn
+
+    feeds = [dict(np.load(Path(m).parent / "feed.npz")) for m in models]
+    best: list[float | None] = [None] * len(models)
+    for _ in range(rounds):
+        for i, (m, feed) in enumerate(zip(models, feeds)):
+            prof = qnn.run_context(Path(m), feed, profile=True).profile
+            if prof is not None:
+                c = float(prof.total_cycles)
+                best[i] = c if best[i] is None else min(best[i], c)  # type: ignore[type-var]
+    return best
 
 
 def _feeds(names: list[str], batches: list[tuple[Any, ...]]) -> list[dict[str, np.ndarray]]:
@@ -164,9 +185,9 @@ def _exported(name: str, work: Path) -> tuple[list[tuple[Any, ...]], list[tuple[
     return calib, held, ref, names, time.perf_counter() - t0
 
 
-def _job_ort(name: str, scheme: str, arch: str, work: Path, strong: bool) -> dict[str, Any]:
+def _job_ort(name: str, scheme: str, arch: str, work: Path, keep: Path,
+             strong: bool) -> dict[str, Any]:
     from benchmarks.ort_baseline import run_ort_recipe
-    from targets.hexagon_htp import qnn
 
     calib, held, ref, names, export_s = _exported(name, work)
 
@@ -188,7 +209,7 @@ def _job_ort(name: str, scheme: str, arch: str, work: Path, strong: bool) -> dic
     ctx = work / f"{'strong' if strong else 'default'}{tried.index(best)}.ctx"
     ctx_model = next(ctx.glob("*.onnx"))
     out.update(score=score(name, ref, best.outputs), contexts=best.contexts,
-               cpu_nodes=best.cpu_nodes, cycles=_cycles(qnn, ctx_model, feeds(held)[0]),
+               cpu_nodes=best.cpu_nodes, ctx_model=_keep(ctx_model, feeds(held)[0], keep),
                compile_s=export_s + best.compile_s)
     return out
 
@@ -201,7 +222,7 @@ def aimet_missing(python: Path = AIMET_PYTHON) -> str | None:
     return None
 
 
-def _job_aimet(name: str, scheme: str, arch: str, work: Path,
+def _job_aimet(name: str, scheme: str, arch: str, work: Path, keep: Path,
                python: Path = AIMET_PYTHON, timeout: float = 1500) -> dict[str, Any]:
     """AIMET PTQ (in .venv-aimet, on the same export and calibration inputs as ORT's recipes)
     -> QDQ ONNX -> the QNN EP compile the ORT baselines use -> the simulator.
@@ -212,7 +233,6 @@ def _job_aimet(name: str, scheme: str, arch: str, work: Path,
     from onnxruntime.quantization.execution_providers.qnn import qnn_preprocess_model
 
     from benchmarks.aimet_baseline import save_feeds
-    from targets.hexagon_htp import qnn
 
     calib, held, ref, names, export_s = _exported(name, work)
 
@@ -238,7 +258,7 @@ def _job_aimet(name: str, scheme: str, arch: str, work: Path,
     out["compile_s"] = export_s + best["compile_s"]
     out["compile_all_s"] = export_s + sum(t["compile_s"] for t in tried)
     if "ctx" in best:
-        out["cycles"] = _cycles(qnn, Path(best["ctx"]), held_feeds[0])
+        out["ctx_model"] = _keep(Path(best["ctx"]), held_feeds[0], keep)
     return out
 
 
@@ -295,15 +315,16 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory(prefix="edgec-bench-") as tmp:
         work = Path(tmp)
+        keep = Path(spec.get("keep") or work / "keep")
         try:
             if spec["build"] in ("edgec", "edgec-plain"):
-                res = _job_edgec(spec["model"], spec["scheme"], spec["arch"], work,
+                res = _job_edgec(spec["model"], spec["scheme"], spec["arch"], work, keep,
                                  plain=spec["build"] == "edgec-plain")
             elif spec["build"] == "aimet":
-                res = _job_aimet(spec["model"], spec["scheme"], spec["arch"], work,
+                res = _job_aimet(spec["model"], spec["scheme"], spec["arch"], work, keep,
                                  python=Path(spec.get("aimet_python") or AIMET_PYTHON))
             else:
-                res = _job_ort(spec["model"], spec["scheme"], spec["arch"], work,
+                res = _job_ort(spec["model"], spec["scheme"], spec["arch"], work, keep,
                                strong=spec["build"] == "ort-strong")
         except Exception as e:  # a build that fails is a result
             res = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
@@ -311,6 +332,22 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     res["peak_rss_mb"] = max(resource.getrusage(who).ru_maxrss for who in
                              (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
     return {**spec, **res}
+
+
+def _add_cycles(rows: list[dict[str, Any]], timeout: float) -> None:
+    """Measure the cycles of every built context of one model side by side, in one child."""
+    built = [r for r in rows if r.get("ctx_model")]
+    if not built:
+        return
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--cycles",
+           json.dumps([r["ctx_model"] for r in built])]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    line = next((x for x in reversed(r.stdout.splitlines()) if x.startswith("[")), None)
+    if line is None:
+        raise RuntimeError(f"cycle measurement failed: {r.stderr.strip()[-300:]}")
+    for row, cycles in zip(built, json.loads(line)):
+        row["cycles"] = cycles
 
 
 def _in_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -422,25 +459,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--aimet-python", type=Path, default=AIMET_PYTHON,
                    help="the python of the venv with aimet-onnx (make bench-aimet-env)")
     p.add_argument("--job", help=argparse.SUPPRESS)
+    p.add_argument("--cycles", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.job:
         print(json.dumps(run_job(json.loads(args.job))), flush=True)
         return 0
+    if args.cycles:
+        print(json.dumps(measure_cycles(json.loads(args.cycles))), flush=True)
+        return 0
     models = [m for m in args.models if m != "minilm" or _has_minilm()]
     results = []
     for name in models:
-        for scheme in args.schemes:
-            for build in args.builds:
-                spec = {"model": name, "scheme": scheme, "build": build, "arch": args.arch}
-                if build == "aimet":
-                    spec["aimet_python"] = str(args.aimet_python)
-                t = time.perf_counter()
-                why = _skip(build, scheme, args.aimet_python)
-                res = {**spec, "skipped": why} if why else _in_child(spec, args.timeout)
-                results.append(res)
-                print(f"{name:<10} {scheme:<6} {build:<12} {_fmt(res.get('score'), 3):>8} "
-                      f"({time.perf_counter() - t:.0f} s) "
-                      f"{res.get('error') or res.get('skipped') or ''}", flush=True)
+        with tempfile.TemporaryDirectory(prefix=f"edgec-bench-{name}-") as keep:
+            rows = []
+            for scheme in args.schemes:
+                for build in args.builds:
+                    spec = {"model": name, "scheme": scheme, "build": build,
+                            "arch": args.arch, "keep": keep}
+                    if build == "aimet":
+                        spec["aimet_python"] = str(args.aimet_python)
+                    t = time.perf_counter()
+                    why = _skip(build, scheme, args.aimet_python)
+                    res = {**spec, "skipped": why} if why else _in_child(spec, args.timeout)
+                    rows.append(res)
+                    print(f"{name:<10} {scheme:<6} {build:<12} "
+                          f"{_fmt(res.get('score'), 3):>8} ({time.perf_counter() - t:.0f} s) "
+                          f"{res.get('error') or res.get('skipped') or ''}", flush=True)
+            _add_cycles(rows, args.timeout)
+        for r in rows:
+            r.pop("keep", None)
+            r.pop("ctx_model", None)
+        results.extend(rows)
     text = ("Reproduce: `.venv/bin/python benchmarks/run.py --only htp` "
             f"(HTP v{args.arch} simulator, QAIRT from onnxruntime-qnn; the `aimet` rows need "
             "`make bench-aimet-env` first)\n\n" + table(results) + "\nTargets, from the same "

@@ -3,6 +3,7 @@ asserted here: numbers come from benchmarks, not from tests."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,21 @@ def test_aimet_build_without_its_venv_is_a_visible_skip(tmp_path: Path) -> None:
     assert "skipped: no " in table and "make bench-aimet-env" in table
 
 
+@pytest.mark.htp
+def test_cycles_are_measured_side_by_side_for_every_build(tmp_path: Path) -> None:
+    """Both builds of the ResNet (whose auto policy keeps nothing: the same graph twice) get
+    cycles from one interleaved measurement, and they agree."""
+    r = subprocess.run([sys.executable, "benchmarks/htp.py", "--models", "resnet", "--schemes",
+                        "w8a8", "--builds", "edgec", "edgec-plain", "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((tmp_path / "htp.json").read_text())
+    assert [x["build"] for x in rows] == ["edgec", "edgec-plain"]
+    a, b = (x["cycles"] for x in rows)
+    assert a > 0 and b > 0 and abs(a / b - 1) < 0.1, (a, b)
+    assert not any("ctx_model" in x or "keep" in x for x in rows)
+
+
 AIMET_PYTHON = ROOT / ".venv-aimet" / "bin" / "python"
 
 
@@ -92,7 +108,6 @@ AIMET_PYTHON = ROOT / ".venv-aimet" / "bin" / "python"
 @pytest.mark.skipif(not AIMET_PYTHON.exists(),
                     reason="no .venv-aimet: run `make bench-aimet-env` for the AIMET baseline")
 def test_aimet_baseline_compiles_and_runs_on_the_simulator(tmp_path: Path) -> None:
-    import json
 
     r = subprocess.run([sys.executable, "benchmarks/htp.py", "--models", "resnet", "--schemes",
                         "w8a16", "--builds", "aimet", "--out", str(tmp_path)], cwd=ROOT,
