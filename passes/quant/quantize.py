@@ -431,7 +431,8 @@ class Quantize(Pass):
                 if in_bits:
                     v.encoding = encode(v, in_bits)
                     count += 1
-        for n in graph.nodes:
+        split: list[str] = []
+        for n in list(graph.nodes):  # a snapshot: bias splits add nodes after n
             s = specs[id(n)]
             if s.float_:
                 continue
@@ -468,6 +469,13 @@ class Quantize(Pass):
                                              if o is not None)])
                     v.encoding = activation_encoding(*_const_range(data), b)
                     count += 1
+            # a wide-weight node's bias (bias correction included) moves to an Add after it
+            presplit = False
+            fb = _float_bias(n)
+            if (rules.wide_weight_bias_add and n.op in _BIASED and (s.wbits or 0) > 8
+                    and fb is not None and fb.encoding is None):
+                split.append(_split_bias(graph, n, s.abits or 16, encode))
+                presplit = True  # its output's encoding is set
             # bias
             if len(n.inputs) > 2 and is_bias(n, 2):
                 x, w, bias = n.inputs[0], n.inputs[1], n.inputs[2]
@@ -489,7 +497,7 @@ class Quantize(Pass):
                     count += 1
             # outputs
             for v in n.outputs:
-                if v is None or not v.dtype.is_float:
+                if v is None or not v.dtype.is_float or presplit:
                     continue
                 out_bits = act_bits(v)
                 if not out_bits:
@@ -514,6 +522,8 @@ class Quantize(Pass):
                 count += 1
         if symmetric:
             report["symmetric_matmul_rhs"] = sorted(symmetric)
+        if split:
+            report["bias_as_add"] = split
         report["weights"] = weight_sqnr
         report["bias_corrected"] = corrected
         report["encodings"] = count
@@ -525,6 +535,51 @@ class Quantize(Pass):
 
 
 _LINEAR = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose"})
+_BIASED = frozenset({"Gemm", "Conv", "ConvTranspose"})
+
+
+def _float_bias(n: Node) -> Value | None:
+    """The constant float bias (input 2) of a Conv/Gemm, or None."""
+    b = n.input(2) if len(n.inputs) > 2 else None
+    return b if b is not None and b.is_const and b.dtype.is_float else None
+
+
+def _split_bias(graph: Graph, n: Node, bits: int,
+                encode: Callable[[Value, int], QuantEncoding]) -> str:
+    """``y = Conv(x, w, b)`` -> ``y0 = Conv(x, w); y = Add(y0, b')`` with 16-bit encodings:
+    ``y``'s from its calibration statistics, ``y0``'s that range shifted by the bias's,
+    ``b'`` (the bias shaped to broadcast over ``y``, times Gemm's ``beta``) over its own
+    range. Returns the node's label. Exact in float."""
+    b = _float_bias(n)
+    assert b is not None and n.outputs
+    y = n.outputs[0]
+    data = np.asarray(b.const, np.float64)
+    if n.op == "Gemm":
+        data = data * float(n.attr("beta", 1.0))  # type: ignore[arg-type]
+        n.attrs.pop("beta", None)
+    else:  # Conv/ConvTranspose: one bias per output channel, dim 1 of [N, C, spatial...]
+        x = n.inputs[0]
+        rank = len(y.shape) if y.shape is not None else (
+            len(x.shape or ()) if x is not None else 0) or 4
+        data = data.reshape((-1,) + (1,) * (rank - 2))
+    bits = max(bits, 16)
+    enc = encode(y, bits)
+    lo, hi = enc.dequantize(np.array([enc.qmin, enc.qmax]))  # y's encoded range
+    bc = graph.const(data.astype(np.float32), f"{b.name}_add")
+    bc.encoding = activation_encoding(float(data.min(initial=0.0)), float(data.max(initial=0.0)),
+                                      bits)
+    add = graph.make_node("Add", [None, bc], types=[y.type], after=n,
+                          name=f"{n.name or y.name}_bias", meta=dict(n.meta))
+    out = add.outputs[0]
+    y.replace_all_uses_with(out)
+    add.set_input(0, y)
+    n.set_inputs(list(n.inputs[:2]))
+    if not b.uses and not b.is_output:
+        graph.remove_const(b)
+    out.encoding = enc
+    y.encoding = activation_encoding(float(lo) - float(data.max(initial=0.0)),
+                                     float(hi) - float(data.min(initial=0.0)), bits)
+    return n.label()
 _MOVES = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"})
 
 

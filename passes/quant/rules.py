@@ -55,6 +55,8 @@ class QuantRules:
     block_quant_ops: frozenset[str] = frozenset()
     silu_gate_bits: int | None = None
     symmetric_matmul_rhs: bool = False
+    #: Conv/Gemm whose weights are wider than 8 bits take their bias as a separate 16-bit Add
+    wide_weight_bias_add: bool = False
     #: ops the target cannot run with 16-bit weights when activations are 16-bit, etc.: free
     #: notes the quantizer copies into its report
     notes: tuple[str, ...] = ()
