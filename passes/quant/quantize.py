@@ -279,6 +279,12 @@ class Quantize(Pass):
                 for v in _phase_chain(n.inputs[0]):
                     keep(v, f"phase of {n.op} {n.label()} (an argument spanning many periods "
                             "loses its phase at 8 bits: a sinusoidal timestep embedding)")
+            if (n.op == "Concat" and any(i is not None and i.is_const for i in n.inputs)
+                    and any(i is not None and not i.is_const for i in n.inputs)):
+                for v in _token_concat(n):
+                    keep(v, f"joined with a learned token by Concat {n.label()} (a CLS token "
+                            "is tiny beside the embeddings it is joined to: on their 8-bit "
+                            "grid it rounds to a few steps, and it becomes the output)")
             if n.op == "Softmax":
                 # attention probabilities are mostly small: 8 bits over [0, 1] rounds many of
                 # them to 0 (the HTP takes 16-bit probabilities into an 8-bit-weight MatMul;
@@ -625,6 +631,20 @@ _PERIODIC = frozenset({"Sin", "Cos"})
 #: ops that pass one tensor through with a constant: the phase's chain back to its source
 _PHASE_OPS = frozenset({"Mul", "Add", "Sub", "Div", "Neg", "Unsqueeze", "Reshape", "Squeeze",
                         "Flatten", "Cast", "Expand"})
+
+
+def _token_concat(n: Node) -> list[Value]:
+    """For a Concat of constants (learned tokens) and activations: its output and each
+    activation input back through data movement to the op that computed it."""
+    out = [n.outputs[0]] if n.outputs else []
+    for v in n.inputs:
+        while v is not None and not v.is_const:
+            out.append(v)
+            p = v.producer
+            if p is None or p.op not in _MOVES:
+                break
+            v = p.inputs[0]
+    return out
 
 
 def _phase_chain(v: Value | None) -> list[Value]:
