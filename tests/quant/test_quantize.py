@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
 
 import numpy as np
 import pytest
@@ -37,10 +36,7 @@ class Block(torch.nn.Module):
 def _quantized(scheme: str = "w8a16", overrides: dict | None = None, **opts: object):
     torch.manual_seed(0)
     m = Block().eval()
-    x = torch.randn(1, 3, 6, 6)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        g = load_torch(m, (x,))
+    g = _load(m, torch.randn(1, 3, 6, 6))
     calib = [{"x": (torch.randn(1, 3, 6, 6) + 1.0).numpy()} for _ in range(6)]
     ctx = PassContext(calibration=calib, options={"quant_rules": HTP_QUANT_RULES,
                                                   "quant_overrides": overrides or {}})
@@ -51,6 +47,29 @@ def _quantized(scheme: str = "w8a16", overrides: dict | None = None, **opts: obj
 
 def _node(g, op: str):
     return next(n for n in g.nodes if n.op == op)
+
+
+def _load(model: torch.nn.Module, *inputs: torch.Tensor):  # type: ignore[no-untyped-def]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_torch(model, inputs)
+
+
+def _w8a8_sqnr(g0, feeds: list[dict], auto: bool, output: str | None = None):  # type: ignore[no-untyped-def]
+    """Quantize a copy of ``g0`` at w8a8 (auto policy on or off); the SQNR of ``output`` (the
+    graph's first output by default) on the CPU reference against the float graph."""
+    g = g0.copy()
+    ctx = PassContext(calibration=feeds, options={"quant_rules": HTP_QUANT_RULES})
+    PassManager(f"canonicalize,fuse,calibrate,quantize{{scheme=w8a8,auto={str(auto).lower()}}}"
+                ).run(g, ctx)
+    name = output or g.outputs[0].name
+    sig = err = 0.0
+    for f in feeds:
+        got = run_reference(g, f, outputs=[name])[name]
+        want = run_reference(g, f, outputs=[name], qdq=False)[name]
+        sig += float(np.sum(want.astype(np.float64) ** 2))
+        err += float(np.sum((got.astype(np.float64) - want) ** 2))
+    return 10 * math.log10(sig / max(err, 1e-30)), ctx, g
 
 
 def test_rules_bias_fixed_range_shared_and_fused() -> None:
@@ -254,31 +273,13 @@ def test_auto_policy_keeps_the_phase_of_sin_and_cos_at_16_bits() -> None:
     against FP32; the phase chain (t, its Unsqueeze, the Mul and the Mul's frequency table)
     kept at 16 bits brings the embedding back, and the report says why."""
     torch.manual_seed(0)
-    model = _TimestepEmbedding().eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        g0 = load_torch(model, (torch.tensor([500.0]),))
+    g0 = _load(_TimestepEmbedding().eval(), torch.tensor([500.0]))
     name = g0.inputs[0].name
-    ts = [np.array([v], np.float32) for v in (3.0, 117.0, 402.5, 640.0, 999.0, 871.25)]
-
-    def sin_sqnr(auto: bool) -> tuple[float, PassContext]:
-        g = g0.copy()
-        ctx = PassContext(calibration=[{name: t} for t in ts],
-                          options={"quant_rules": HTP_QUANT_RULES})
-        PassManager(f"canonicalize,fuse,calibrate,quantize{{scheme=w8a8,auto={str(auto).lower()}}}"
-                    ).run(g, ctx)
-        sin = _node(g, "Sin")
-        errs, sigs = 0.0, 0.0
-        for t in ts:
-            got = run_reference(g, {name: t}, outputs=[sin.outputs[0].name])
-            want = run_reference(g, {name: t}, outputs=[sin.outputs[0].name], qdq=False)
-            a, b = next(iter(got.values())), next(iter(want.values()))
-            errs += float(np.sum((a - b) ** 2))
-            sigs += float(np.sum(b ** 2))
-        return 10 * math.log10(sigs / max(errs, 1e-30)), ctx
-
-    plain, _ = sin_sqnr(False)
-    kept_db, ctx = sin_sqnr(True)
+    feeds = [{name: np.array([v], np.float32)}
+             for v in (3.0, 117.0, 402.5, 640.0, 999.0, 871.25)]
+    sin = _node(g0, "Sin").outputs[0].name
+    plain, _, _ = _w8a8_sqnr(g0, feeds, False, sin)
+    kept_db, ctx, _ = _w8a8_sqnr(g0, feeds, True, sin)
     assert plain < 15 and kept_db > 35, (plain, kept_db)
     kept = ctx.report["quantization"]["kept_16bit"]
     assert any(k["tensor"] == name and "phase of" in k["reason"] for k in kept)
@@ -304,32 +305,13 @@ def test_auto_policy_keeps_a_learned_token_and_what_it_is_joined_to_at_16_bits()
     """A CLS token (std 0.02) joined to patch embeddings (range ~±3) rounds to a few 8-bit
     steps of their grid; the zoo ViT at w8a8 went from 25.7 to 34.6 dB with the rule."""
     torch.manual_seed(0)
-    model = _TinyViT().eval()
-    x = torch.randn(1, 3, 16, 16)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        g0 = load_torch(model, (x,))
+    g0 = _load(_TinyViT().eval(), torch.randn(1, 3, 16, 16))
     name = g0.inputs[0].name
     feeds = [{name: torch.randn(1, 3, 16, 16).numpy()} for _ in range(6)]
-
-    def out_sqnr(auto: bool) -> tuple[float, PassContext, Any]:
-        g = g0.copy()
-        ctx = PassContext(calibration=feeds, options={"quant_rules": HTP_QUANT_RULES})
-        PassManager(f"canonicalize,fuse,calibrate,quantize{{scheme=w8a8,auto={str(auto).lower()}}}"
-                    ).run(g, ctx)
-        sig = err = 0.0
-        for f in feeds:
-            got = next(iter(run_reference(g, f).values()))
-            want = next(iter(run_reference(g, f, qdq=False).values()))
-            sig += float(np.sum(want ** 2))
-            err += float(np.sum((got - want) ** 2))
-        return 10 * math.log10(sig / max(err, 1e-30)), ctx, g
-
-    plain, _, _ = out_sqnr(False)
-    kept_db, ctx, g = out_sqnr(True)
-    assert kept_db > plain + 6, (plain, kept_db)
+    plain, _, _ = _w8a8_sqnr(g0, feeds, False)
+    kept_db, ctx, g = _w8a8_sqnr(g0, feeds, True)
+    assert kept_db > plain + 6, (plain, kept_db)  # measured 9.8 -> 55.3 dB
     kept = {k["tensor"]: k["reason"] for k in ctx.report["quantization"]["kept_16bit"]}
-    cat = _node(g, "Concat")
-    conv = _node(g, "Conv")
-    assert "learned token" in kept[cat.outputs[0].name]
-    assert "learned token" in kept[conv.outputs[0].name]  # back through Flatten/Transpose
+    assert "learned token" in kept[_node(g, "Concat").outputs[0].name]
+    # back through Flatten/Transpose to the Conv that computed the patch embeddings
+    assert "learned token" in kept[_node(g, "Conv").outputs[0].name]
