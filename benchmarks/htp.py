@@ -76,6 +76,12 @@ def _fp32(module: Any, inputs: list[tuple[Any, ...]]) -> list[list[np.ndarray]]:
     return [torch_outputs(module, b) for b in inputs]
 
 
+def unit_sqnr_db(cos: float) -> float:
+    """SQNR of a unit-norm vector against its reference from their cosine similarity:
+    ``|a - b|^2 = 2 (1 - cos)`` (MiniLM's embeddings end in ``F.normalize``)."""
+    return float(-10 * np.log10(max(2.0 * (1.0 - cos), 1e-30)))
+
+
 def score(name: str, ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -> float:
     """SQNR in dB over all held-out outputs, or the mean cosine similarity for MiniLM."""
     if name == "minilm":
@@ -416,7 +422,8 @@ def _ratio(a: Any, b: Any, digits: int = 2) -> str:
 def targets_table(results: list[dict[str, Any]]) -> str:
     """Per (model, scheme): edgec against the issue's targets, from the same run.
 
-    - margin: edgec's score minus the best baseline's (dB; cosine difference for MiniLM);
+    - margin: edgec's score minus the best baseline's (dB; for MiniLM the cosine difference,
+      and in brackets the same as SQNR of its unit-norm embeddings, see ``unit_sqnr_db``);
     - cycles / plain: edgec's simulator cycles over ``edgec-plain``'s (w8a8 only; cycles vary
       between runs under load, so only ratios within one run mean anything);
     - compile / ort-strong: edgec's compile time over the strong ORT recipe's, counting its
@@ -436,6 +443,8 @@ def targets_table(results: list[dict[str, Any]]) -> str:
         best = max(base) if base else None
         margin = ("-" if best is None or e.get("score") is None
                   else f"{e['score'] - best[0]:+.{digits}f}")
+        if model == "minilm" and margin != "-" and best is not None:
+            margin += f" ({unit_sqnr_db(e['score']) - unit_sqnr_db(best[0]):+.1f} dB)"
         plain = rows.get("edgec-plain", {})
         strong = rows.get("ort-strong", {})
         lines.append(

@@ -121,3 +121,15 @@ def test_aimet_baseline_compiles_and_runs_on_the_simulator(tmp_path: Path) -> No
     assert 25.0 < res["score"] < 80.0
     assert abs(res["score"] - res["cpu_qdq_score"]) < 1.0
     assert res["compile_s"] > res["aimet"]["seconds"]["seq_mse_s"]
+
+
+def test_minilm_margin_is_also_given_in_db_of_its_unit_embeddings() -> None:
+    from benchmarks.htp import targets_table, unit_sqnr_db
+
+    assert unit_sqnr_db(0.995) == pytest.approx(20.0)  # |a - b|^2 = 2 (1 - cos) = 0.01
+    text = targets_table([
+        {"model": "minilm", "scheme": "w8a8", "build": "edgec", "score": 0.995},
+        {"model": "minilm", "scheme": "w8a8", "build": "ort-strong", "score": 0.95},
+    ])
+    line = next(t for t in text.splitlines() if t.startswith("| minilm |"))
+    assert "+0.0450 (+10.0 dB)" in line
