@@ -15,8 +15,9 @@ Variants (each a rewrite of ``targets/hexagon_htp/target.py``'s default pipeline
   all-8-bit build the w8a8 cycle target is judged against.
 
 Every variant of a model runs in one process on the same calibration (16) and held-out (4)
-inputs as ``benchmarks/htp.py``. Reported: held-out SQNR against FP32, simulator cycles (min
-of 3 profiled runs; single runs vary by up to ~40% on a loaded machine) and compile time.
+inputs as ``benchmarks/htp.py``. Reported: held-out SQNR against FP32, simulator cycles (all
+variants of a model side by side in one process: four rounds, the minimum per variant; runs
+in separate processes vary by up to ~40% on a loaded machine) and compile time.
 
     .venv/bin/python benchmarks/quant_ablation.py                       # every model, w8a16 + w8a8
     .venv/bin/python benchmarks/quant_ablation.py --models vit --schemes w8a8
@@ -66,38 +67,40 @@ def variants(scheme: str) -> dict[str, str]:
 
 
 def run_model(name: str, scheme: str, arch: str = "75") -> list[dict[str, Any]]:
-    """Every variant of ``name`` at ``scheme``, in this process."""
+    """Every variant of ``name`` at ``scheme``, in this process; cycles measured after all
+    variants are built, side by side (``benchmarks.htp.measure_cycles``)."""
     import compiler
-    from benchmarks.htp import _cycles, _fp32, _input_names, _model, score
-    from targets.hexagon_htp import qnn
+    from benchmarks.htp import _fp32, _input_names, _keep, _model, measure_cycles, score
 
     module, calib, held = _model(name)
     ref = _fp32(module, held)
     rows = []
-    for label, pipe in variants(scheme).items():
-        row: dict[str, Any] = {"model": name, "scheme": scheme, "variant": label}
-        with tempfile.TemporaryDirectory(prefix="edgec-ablation-") as td:
-            try:
-                t0 = time.perf_counter()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    cm = compiler.compile(module, calib[0], target=f"htp-v{arch}",
-                                          precision=scheme, calibration_data=calib,
-                                          output_dir=Path(td) / "out", progress=False,
-                                          pipeline=pipe)
-                row["compile_s"] = time.perf_counter() - t0
-                outs = [[np.asarray(o) for o in cm.run(*[t.numpy() for t in b])] for b in held]
-                row["sqnr_db"] = score(name, ref, outs)
-                model_path = Path(cm.artifacts["model"])
-                feed = {i: t.numpy() for i, t in zip(_input_names(model_path), held[0])}
-                best = None
-                for _ in range(3):  # _cycles takes the min of two; three of those
-                    c = _cycles(qnn, model_path, feed)
-                    best = c if best is None or (c is not None and c < best) else best
-                row["cycles"] = best
-            except Exception as e:  # a failed variant is a row, not a crash
-                row["error"] = f"{type(e).__name__}: {e}"
-        rows.append(row)
+    kept: list[tuple[dict[str, Any], str]] = []
+    with tempfile.TemporaryDirectory(prefix="edgec-ablation-keep-") as keep:
+        for label, pipe in variants(scheme).items():
+            row: dict[str, Any] = {"model": name, "scheme": scheme, "variant": label}
+            with tempfile.TemporaryDirectory(prefix="edgec-ablation-") as td:
+                try:
+                    t0 = time.perf_counter()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        cm = compiler.compile(module, calib[0], target=f"htp-v{arch}",
+                                              precision=scheme, calibration_data=calib,
+                                              output_dir=Path(td) / "out", progress=False,
+                                              pipeline=pipe)
+                    row["compile_s"] = time.perf_counter() - t0
+                    outs = [[np.asarray(o) for o in cm.run(*[t.numpy() for t in b])]
+                            for b in held]
+                    row["sqnr_db"] = score(name, ref, outs)
+                    model_path = Path(cm.artifacts["model"])
+                    feed = {i: t.numpy() for i, t in zip(_input_names(model_path), held[0])}
+                    kept.append((row, _keep(model_path, feed, Path(keep))))
+                except Exception as e:  # a failed variant is a row, not a crash
+                    row["error"] = f"{type(e).__name__}: {e}"
+            rows.append(row)
+        for (row, _), cycles in zip(kept, measure_cycles([k for _, k in kept])):
+            row["cycles"] = cycles
+    for row in rows:
         print(json.dumps(row), flush=True)
     return rows
 

@@ -133,3 +133,14 @@ def test_minilm_margin_is_also_given_in_db_of_its_unit_embeddings() -> None:
     ])
     line = next(t for t in text.splitlines() if t.startswith("| minilm |"))
     assert "+0.0450 (+10.0 dB)" in line
+
+
+@pytest.mark.htp
+def test_quant_ablation_runs_and_measures_every_variant(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "benchmarks/quant_ablation.py", "--models", "resnet",
+                        "--schemes", "w8a8", "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((tmp_path / "quant_ablation.json").read_text())
+    assert rows[0]["variant"] == "default" and len(rows) >= 2
+    assert all(x.get("cycles", 0) > 0 and "error" not in x for x in rows), rows
