@@ -315,3 +315,36 @@ def test_auto_policy_keeps_a_learned_token_and_what_it_is_joined_to_at_16_bits()
     assert "learned token" in kept[_node(g, "Concat").outputs[0].name]
     # back through Flatten/Transpose to the Conv that computed the patch embeddings
     assert "learned token" in kept[_node(g, "Conv").outputs[0].name]
+
+
+class _PostLNBlock(torch.nn.Module):
+    """``LayerNorm(x + fc2(gelu(fc1(x))))``, BERT's FFN half over 128 channels; ``outliers``
+    scales one output channel of fc2 by 60 (BERT-class FFN outputs carry a few such channels:
+    under 1% of the values, so the 99th percentile does not see them)."""
+
+    def __init__(self, outliers: bool) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(128, 64)
+        self.fc2 = torch.nn.Linear(64, 128)
+        self.norm = torch.nn.LayerNorm(128)
+        if outliers:
+            with torch.no_grad():
+                self.fc2.weight[17] *= 60.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.fc2(torch.nn.functional.gelu(self.fc1(x))))
+
+
+@pytest.mark.parametrize("outliers", [False, True])
+def test_auto_policy_keeps_an_ffn_output_at_16_bits_only_with_outlier_channels(
+        outliers: bool) -> None:
+    torch.manual_seed(0)
+    g0 = _load(_PostLNBlock(outliers).eval(), torch.randn(1, 16, 128))
+    name = g0.inputs[0].name
+    feeds = [{name: torch.randn(1, 16, 128).numpy()} for _ in range(4)]
+    _, ctx, _ = _w8a8_sqnr(g0, feeds, True)
+    branch = [k for k in ctx.report["quantization"]["kept_16bit"]
+              if "residual branch" in k["reason"]]
+    assert bool(branch) is outliers, branch
+    if outliers:
+        assert "its 99th percentile" in branch[0]["reason"]
