@@ -35,6 +35,11 @@ def test_metrics_values() -> None:
     assert m.to_dict()["sqnr_db"] == pytest.approx(23.0103, abs=1e-3)
     with pytest.raises(ValueError):
         sqnr_db(np.zeros(2), np.zeros(3))
+    # a masked tensor: the -inf both sides hold exactly are left out, the rest compared
+    masked = np.array([3.0, -np.inf, 4.0])
+    assert sqnr_db(masked, masked + np.array([0.3, 0.0, 0.4])) == pytest.approx(20.0)
+    assert cosine(masked, masked) == pytest.approx(1.0)
+    assert math.isnan(sqnr_db(masked, np.array([3.0, 0.0, 4.0])))  # a lost -inf is not hidden
 
 
 TEXT = """graph g(%x: f32[1,8]) -> (%y) {
