@@ -16,7 +16,10 @@ for the emitter). The rules (``ctx.options["quant_rules"]``, a
   gives up (zoo at w8a16 on held-out inputs: margin 0 / 0.1 / 0.25 / 0.5 give a mean of
   48.9 / 55.2 / 55.7 / 55.6 dB; ResNet 40.0 dB without a margin, 63.3 with);
 - other float constants (LayerNorm gamma/beta, Add/Mul operands, embedding tables): per-tensor
-  from their own range, at the consuming node's activation width;
+  from their own range, at the consuming node's activation width (or its output's, when the
+  automatic policy keeps that output at 16 bits);
+- with ``wide_weight_bias_add`` (the HTP), a Conv/Gemm with weights wider than 8 bits gets its
+  bias as a separate 16-bit Add after it (``report["bias_as_add"]``);
 - outputs of ``shared_encoding_ops`` share their input's encoding; ``fixed_ranges`` ops get
   their exact range; producers absorbed into a ``fused_activations`` op get no encoding.
 
@@ -36,9 +39,13 @@ residual stream; also when ``lower-layer-norm`` or ``lower-group-norm`` has writ
 out as ReduceMean/Sub/Mul/Sqrt/Div, with every tensor inside it: at 8 bits the zoo ViT with
 every LayerNorm written out drops from 25.8 to 8.8 dB, Whisper from 42.1 to 34.1; the UNet's
 GroupNorms gain 0.25 dB at the same cycles), the outputs of the last linear layer of each
-residual branch summed into a norm (a BERT's FFN output carries 50-70x outliers in a few
-channels: at 8 bits the real all-MiniLM-L6-v2 keeps cosine 0.95, at 16 bits 0.995 on the CPU
-reference) and activations whose range is dominated by a few outliers. Softmax inputs get their
+residual branch summed into a norm when they have outlier channels (``branch_outlier_ratio``;
+a BERT's FFN output carries 50-70x outliers in a few channels: at 8 bits the real
+all-MiniLM-L6-v2 keeps cosine 0.95, at 16 bits 0.995 on the CPU reference) or come from a
+convolution, but not attention output projections; the phase of Sin/Cos back to its source
+(a diffusion timestep embedding); a Concat that joins a learned token (a ViT's CLS) to
+activations, with those activations back to the op that computed them; and activations whose
+range is dominated by a few outliers. Softmax inputs get their
 calibrated minimum clipped above attention-mask values (a -1e4 mask would otherwise take the
 whole 8-bit range). What it did, and why, is reported in ``ctx.report["quantization"]``.
 """
