@@ -580,6 +580,7 @@ def _split_bias(graph: Graph, n: Node, bits: int,
     b = _float_bias(n)
     assert b is not None and n.outputs
     y = n.outputs[0]
+    label = n.label()
     data = np.asarray(b.const, np.float64)
     if n.op == "Gemm":
         data = data * float(n.attr("beta", 1.0))  # type: ignore[arg-type]
@@ -600,13 +601,18 @@ def _split_bias(graph: Graph, n: Node, bits: int,
     out = add.outputs[0]
     y.replace_all_uses_with(out)
     add.set_input(0, y)
+    # the Add's output takes the name (a graph output keeps its name; the calibration
+    # statistics under it describe the biased tensor)
+    name = y.name
+    y.name = graph.fresh_name(f"{name}_nobias")
+    out.name = name
     n.set_inputs(list(n.inputs[:2]))
     if not b.uses and not b.is_output:
         graph.remove_const(b)
     out.encoding = enc
     y.encoding = activation_encoding(float(lo) - float(data.max(initial=0.0)),
                                      float(hi) - float(data.min(initial=0.0)), bits)
-    return n.label()
+    return label
 _MOVES = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"})
 
 

@@ -117,6 +117,7 @@ def test_sixteen_bit_weights_take_their_bias_as_an_add(bias: float) -> None:
     assert len(gemm.inputs) == 2 and gemm.inputs[1].encoding.bits == 16
     add = gemm.outputs[0].consumers()[0]
     assert add.op == "Add" and all(v.encoding.bits == 16 for v in (*add.inputs, *add.outputs))
+    assert [v.name for v in cm.graph.outputs] == ["linear"]  # the output keeps its name
 
 
 def test_the_bias_split_is_exact_in_float_and_only_for_wide_weights() -> None:
