@@ -23,6 +23,11 @@ for the emitter). The rules (``ctx.options["quant_rules"]``, a
 - outputs of ``shared_encoding_ops`` share their input's encoding; ``fixed_ranges`` ops get
   their exact range; producers absorbed into a ``fused_activations`` op get no encoding.
 
+``weight_target_db`` (off by default): give 16-bit weights to the layers whose quantized weights
+add the most output noise, measured one layer at a time on the calibration data
+(:mod:`passes.quant.sensitivity`), until the rest sum to that SQNR; reported in
+``report["wide_weights"]`` with the bytes it costs.
+
 Bias correction (``bias_correction``, on by default): the rounding error ``D`` of a weight
 shifts the layer's output by ``D @ mean(x)`` on average; that shift, computed from the
 calibrated input means, is subtracted from the Conv/Gemm bias (a bias is added if missing).
@@ -54,6 +59,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -245,6 +251,10 @@ class Quantize(Pass):
     branch_outlier_ratio: float = option(4.0, "auto: keep an FFN output summed into a norm at "
                                          "16 bits when its range is at least this many "
                                          "times its 99th percentile (outlier channels)")
+    weight_target_db: float = option(0.0, "give 16-bit weights to the layers whose quantized "
+                                     "weights add the most output noise (measured one layer "
+                                     "at a time on the calibration data) until the weights' "
+                                     "estimated SQNR reaches this many dB; 0 = off")
     outlier_ratio: float = option(12.0, "auto: an activation whose 99.99th-percentile range "
                                   "is this many times smaller than its full range is "
                                   "outlier-dominated")
@@ -273,6 +283,60 @@ class Quantize(Pass):
             applied.append({"pattern": pattern, "spec": spec_text, "nodes": len(hits)})
         ctx.report.setdefault("quantization", {})["overrides"] = applied
         return specs
+
+    def _widen_weights(self, graph: Graph, ctx: PassContext, specs: dict[int, _Spec],
+                       rules: QuantRules, cal: dict[str, Any]) -> dict[str, Any]:
+        """``weight_target_db``: measure each layer's weight noise, give the noisiest layers
+        16-bit weights until the rest sum to the target; what it did, for the report."""
+        from passes.quant.sensitivity import weight_noise
+
+        if 16 not in rules.weight_bits:
+            raise QuantizationError("quantize: weight_target_db needs 16-bit weights, which "
+                                    f"the target does not allow ({list(rules.weight_bits)})")
+        if not ctx.calibration:
+            raise QuantizationError("quantize: weight_target_db measures each layer on the "
+                                    "calibration data; none was given")
+        layers = [n for n in graph.nodes
+                  if weight_axis(n, 1) is not None and not specs[id(n)].float_
+                  and (specs[id(n)].wbits or 16) < 16 and n.inputs[1] is not None
+                  and n.inputs[1].is_const and n.inputs[1].dtype.is_float]
+        moments = cal.get("moments", {})
+
+        def fake_quant(n: Node, data: np.ndarray) -> np.ndarray:
+            x = n.inputs[0]
+            mom = moments.get(x.name) if x is not None else None
+            enc = _weight_encoding(data.astype(np.float32), specs[id(n)].wbits or 8,
+                                   weight_axis(n, 1), 0, mom if self.output_aware else None,
+                                   _input_axis(n, data.ndim))
+            return enc.fake_quant(data.astype(np.float32))
+
+        noise = weight_noise(graph, ctx.calibration, layers, fake_quant,
+                             show=bool(ctx.progress or (sys.stderr.isatty() and len(layers) > 4)))
+
+        def db(frac: float) -> float:
+            return 10 * math.log10(1 / frac) if frac > 0 else math.inf
+
+        total = sum(noise.values())
+        target = 10 ** (-self.weight_target_db / 10)
+        widened: list[dict[str, Any]] = []
+        extra = 0
+        for n in sorted(layers, key=lambda n: -noise[id(n)]):
+            if total <= target:
+                break
+            w = n.inputs[1]
+            assert w is not None
+            extra += w.type.numel * (16 - (specs[id(n)].wbits or 8)) // 8 if w.type.numel else 0
+            specs[id(n)].wbits = 16
+            widened.append({"node": n.label(), "weight": w.name,
+                            "noise_db": round(db(noise[id(n)]), 2)})
+            total -= noise[id(n)]
+        before = sum(noise.values())
+        for w_ in widened:
+            ctx.note(f"16-bit weights for {w_['node']} (its 8-bit weights alone: "
+                     f"{w_['noise_db']} dB)")
+        return {"target_db": self.weight_target_db, "estimated_db": round(db(before), 2),
+                "estimated_db_after": round(db(max(total, 0.0)), 2), "layers": widened,
+                "extra_weight_bytes": extra, "measured_layers": len(layers)}
 
     def _auto_policy(self, graph: Graph, specs: dict[int, _Spec], stats: dict[str, RangeStats],
                      kept: list[dict[str, Any]]) -> dict[str, int]:
@@ -377,6 +441,8 @@ class Quantize(Pass):
         stats: dict[str, RangeStats] = cal["stats"]
         method, pct = cal["method"], cal["percentile"]
         specs = self._node_specs(graph, ctx, wbits, abits)
+        if self.weight_target_db > 0:
+            report["wide_weights"] = self._widen_weights(graph, ctx, specs, rules, cal)
         kept: list[dict[str, Any]] = []
         wide = (self._auto_policy(graph, specs, stats, kept)
                 if self.auto and self.scheme == "w8a8" else {})

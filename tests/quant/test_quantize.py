@@ -348,3 +348,63 @@ def test_auto_policy_keeps_an_ffn_output_at_16_bits_only_with_outlier_channels(
     assert bool(branch) is outliers, branch
     if outliers:
         assert "its 99th percentile" in branch[0]["reason"]
+
+
+class _ConvChain(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.b = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.c = torch.nn.Conv2d(16, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+def test_weight_target_db_gives_the_noisiest_layers_16_bit_weights() -> None:
+    from compiler.numerics import sqnr_db
+    from passes.quant.quantize import _weight_encoding
+    from passes.quant.rules import weight_axis
+    from passes.quant.sensitivity import weight_noise
+
+    torch.manual_seed(0)
+    g0 = _load(_ConvChain().eval(), torch.randn(1, 3, 8, 8))
+    name = g0.inputs[0].name
+    feeds = [{name: torch.randn(1, 3, 8, 8).numpy()} for _ in range(3)]
+    convs = [n for n in g0.nodes if n.op == "Conv"]
+
+    def fq(n, data):  # type: ignore[no-untyped-def]
+        return _weight_encoding(data, 8, weight_axis(n, 1), 0).fake_quant(data)
+
+    # the layers' noise fractions add up to the noise of all weights quantized at once
+    noise = weight_noise(g0, feeds, convs, fq)
+    g1 = g0.copy()
+    for n in g1.nodes:
+        if n.op == "Conv":
+            w = n.inputs[1]
+            w.const = fq(n, np.asarray(w.const))
+    got = [next(iter(run_reference(g1, f, qdq=False).values())) for f in feeds]
+    want = [next(iter(run_reference(g0, f, qdq=False).values())) for f in feeds]
+    measured = sqnr_db(np.concatenate([w.ravel() for w in want]),
+                       np.concatenate([g.ravel() for g in got]))
+    assert abs(10 * math.log10(1 / sum(noise.values())) - measured) < 1.0
+
+    target = 10 * math.log10(1 / sum(noise.values())) + 3  # needs at least one layer
+    g = g0.copy()
+    ctx = PassContext(calibration=feeds, options={"quant_rules": HTP_QUANT_RULES})
+    PassManager(f"canonicalize,fuse,calibrate,quantize{{scheme=w8a16,weight_target_db={target}}}"
+                ).run(g, ctx)
+    rep = ctx.report["quantization"]["wide_weights"]
+    assert rep["measured_layers"] == 3 and rep["layers"]
+    assert rep["estimated_db_after"] >= target > rep["estimated_db"]
+    wide = {r["weight"] for r in rep["layers"]}
+    for n in g.nodes:
+        if n.op == "Conv":
+            assert n.inputs[1].encoding.bits == (16 if n.inputs[1].name in wide else 8)
+    assert rep["extra_weight_bytes"] > 0
+    # statistics from an earlier calibration, but no batches to measure the layers on
+    g2 = g0.copy()
+    PassManager("calibrate").run(g2, PassContext(calibration=feeds))
+    with pytest.raises(PassError, match="calibration data"):
+        PassManager("quantize{scheme=w8a16,weight_target_db=50}").run(
+            g2, PassContext(options={"quant_rules": HTP_QUANT_RULES}))
