@@ -340,35 +340,35 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     return {**spec, **res}
 
 
+def _child(flag: str, payload: Any, timeout: float) -> Any:
+    """Run this script with ``flag payload-as-JSON`` in a child and return the JSON it printed
+    last; raises RuntimeError (child exited without it) or subprocess.TimeoutExpired."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), flag, json.dumps(payload)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    for line in reversed(r.stdout.splitlines()):
+        if line.startswith(("{", "[")):
+            return json.loads(line)
+    tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+    raise RuntimeError(f"child exited {r.returncode}: {tail[:300]}")
+
+
 def _add_cycles(rows: list[dict[str, Any]], timeout: float) -> None:
     """Measure the cycles of every built context of one model side by side, in one child."""
     built = [r for r in rows if r.get("ctx_model")]
-    if not built:
-        return
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--cycles",
-           json.dumps([r["ctx_model"] for r in built])]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    line = next((x for x in reversed(r.stdout.splitlines()) if x.startswith("[")), None)
-    if line is None:
-        raise RuntimeError(f"cycle measurement failed: {r.stderr.strip()[-300:]}")
-    for row, cycles in zip(built, json.loads(line)):
-        row["cycles"] = cycles
+    if built:
+        for row, cycles in zip(built, _child("--cycles", [r["ctx_model"] for r in built],
+                                             timeout)):
+            row["cycles"] = cycles
 
 
 def _in_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--job", json.dumps(spec)]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                           env=env)
+        return dict(_child("--job", spec, timeout))
     except subprocess.TimeoutExpired:
         return {**spec, "error": f"timed out after {timeout:.0f} s"}
-    for line in reversed(r.stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
-    return {**spec, "error": f"child exited {r.returncode}: {tail[:300]}"}
+    except RuntimeError as e:
+        return {**spec, "error": str(e)}
 
 
 # -- table -------------------------------------------------------------------------------------
