@@ -284,6 +284,14 @@ class Quantize(Pass):
         ctx.report.setdefault("quantization", {})["overrides"] = applied
         return specs
 
+    def _encode_weight(self, n: Node, data: np.ndarray, bits: int, axis: int | None,
+                       block: int, mom: tuple[np.ndarray, np.ndarray] | None) -> QuantEncoding:
+        """The encoding of ``n``'s weight ``data`` (output-channel ``axis``; per ``block``
+        along the input channels when > 0), output-aware from the input's moments ``mom``."""
+        in_axis = _input_axis(n, data.ndim)
+        return _weight_encoding(data, bits, in_axis if block else axis, block,
+                                mom if self.output_aware else None, in_axis)
+
     def _widen_weights(self, graph: Graph, ctx: PassContext, specs: dict[int, _Spec],
                        rules: QuantRules, cal: dict[str, Any]) -> dict[str, Any]:
         """``weight_target_db``: measure each layer's weight noise, give the noisiest layers
@@ -304,11 +312,10 @@ class Quantize(Pass):
 
         def fake_quant(n: Node, data: np.ndarray) -> np.ndarray:
             x = n.inputs[0]
-            mom = moments.get(x.name) if x is not None else None
-            enc = _weight_encoding(data.astype(np.float32), specs[id(n)].wbits or 8,
-                                   weight_axis(n, 1), 0, mom if self.output_aware else None,
-                                   _input_axis(n, data.ndim))
-            return enc.fake_quant(data.astype(np.float32))
+            data = data.astype(np.float32)
+            enc = self._encode_weight(n, data, specs[id(n)].wbits or 8, weight_axis(n, 1), 0,
+                                      moments.get(x.name) if x is not None else None)
+            return enc.fake_quant(data)
 
         noise = weight_noise(graph, ctx.calibration, layers, fake_quant,
                              show=bool(ctx.progress or (sys.stderr.isatty() and len(layers) > 4)))
@@ -316,7 +323,7 @@ class Quantize(Pass):
         def db(frac: float) -> float:
             return 10 * math.log10(1 / frac) if frac > 0 else math.inf
 
-        total = sum(noise.values())
+        before = total = sum(noise.values())
         target = 10 ** (-self.weight_target_db / 10)
         widened: list[dict[str, Any]] = []
         extra = 0
@@ -330,7 +337,6 @@ class Quantize(Pass):
             widened.append({"node": n.label(), "weight": w.name,
                             "noise_db": round(db(noise[id(n)]), 2)})
             total -= noise[id(n)]
-        before = sum(noise.values())
         for w_ in widened:
             ctx.note(f"16-bit weights for {w_['node']} (its 8-bit weights alone: "
                      f"{w_['noise_db']} dB)")
@@ -540,12 +546,9 @@ class Quantize(Pass):
                 if axis is not None and s.wbits:
                     block = (self.block_size if self.block_size > 0
                              and n.op in rules.block_quant_ops else 0)
-                    in_axis = _input_axis(n, data.ndim)
                     x = n.inputs[0]
                     mom = cal.get("moments", {}).get(x.name) if x is not None else None
-                    v.encoding = _weight_encoding(data, s.wbits,
-                                                  in_axis if block else axis, block,
-                                                  mom if self.output_aware else None, in_axis)
+                    v.encoding = self._encode_weight(n, data, s.wbits, axis, block, mom)
                     if self.bias_correction and mom is not None and not block:
                         corrected += _correct_bias(graph, n, v.encoding.fake_quant(data) - data,
                                                    mom[0])
@@ -690,14 +693,22 @@ def _residual_branches(norm_in: Value | None) -> list[tuple[Value, Node]]:
         return []
     out: list[tuple[Value, Node]] = []
     for v in add.inputs:
-        chain: list[Value] = []
-        while v is not None and v.producer is not None and v.producer.op in _MOVES:
-            chain.append(v)
-            v = v.producer.inputs[0]
-        if (v is not None and v.producer is not None and v.producer.op in _LINEAR
-                and not _reads_attention(v.producer)):
-            out.extend((c, v.producer) for c in [v, *chain])
+        chain = _moved_from(v)
+        lin = chain[-1].producer if chain else None
+        if lin is not None and lin.op in _LINEAR and not _reads_attention(lin):
+            out.extend((c, lin) for c in [chain[-1], *chain[:-1]])
     return out
+
+
+def _moved_from(v: Value | None) -> list[Value]:
+    """``v`` and, back through data movement, each tensor it is a copy of; the last is the
+    one an op computed (or a graph input or constant)."""
+    chain: list[Value] = []
+    while v is not None:
+        chain.append(v)
+        p = v.producer
+        v = p.inputs[0] if p is not None and p.op in _MOVES else None
+    return chain
 
 
 def _p99_ratio(st: RangeStats | None) -> float:
@@ -715,10 +726,8 @@ def _reads_attention(lin: Node) -> bool:
     movement) from a MatMul of two activations (``P·V``). Those branches carry no outlier
     channels (the FFN's do): at 16 bits they cost the MiniLM 5% of its simulator cycles and
     bought nothing (cosine 0.995 either way), the ViT 0.1 dB."""
-    v = lin.inputs[0] if lin.inputs else None
-    while v is not None and v.producer is not None and v.producer.op in _MOVES:
-        v = v.producer.inputs[0]
-    p = v.producer if v is not None else None
+    src = _moved_from(lin.inputs[0] if lin.inputs else None)
+    p = src[-1].producer if src else None
     return (p is not None and p.op == "MatMul"
             and all(i is not None and not i.is_const for i in p.inputs))
 
@@ -741,12 +750,7 @@ def _token_concat(n: Node) -> list[Value]:
     activation input back through data movement to the op that computed it."""
     out = [n.outputs[0]] if n.outputs else []
     for v in n.inputs:
-        while v is not None and not v.is_const:
-            out.append(v)
-            p = v.producer
-            if p is None or p.op not in _MOVES:
-                break
-            v = p.inputs[0]
+        out.extend(c for c in _moved_from(v) if not c.is_const)
     return out
 
 
