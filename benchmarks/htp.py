@@ -88,7 +88,7 @@ def score(name: str, ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -
         cos = []
         for r, g in zip(ref, got):
             a, b = r[0].reshape(-1).astype(np.float64), g[0].reshape(-1).astype(np.float64)
-            cos.append(float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30)))
+            cos.append(float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-30)))
         return float(np.mean(cos))
     sig = noise = 0.0
     for r, g in zip(ref, got):
@@ -125,6 +125,18 @@ def _job_edgec(name: str, scheme: str, arch: str, work: Path, keep: Path,
                           calibration_data=calib, output_dir=work / "edgec", progress=False,
                           pipeline=pipeline)
     secs = time.perf_counter() - t0
+    # the same build again in this process: what a compile costs once the imports are paid
+    # (with no ORT session of the first build left to reuse)
+    from compiler.reference import clear_reference_cache
+    from targets.hexagon_htp import qnn
+
+    clear_reference_cache()
+    qnn.clear_sessions()
+    t0 = time.perf_counter()
+    compiler.compile(module, calib[0], target=f"htp-v{arch}", precision=scheme,
+                     calibration_data=calib, output_dir=work / "edgec-warm", progress=False,
+                     pipeline=pipeline)
+    warm = time.perf_counter() - t0
     outs = [[np.asarray(o) for o in cm.run(*[t.numpy() for t in b])] for b in held]
     s = cm.report["summary"]
     model_path = cm.artifacts["model"]
@@ -132,7 +144,7 @@ def _job_edgec(name: str, scheme: str, arch: str, work: Path, keep: Path,
     kept = (cm.report.get("quantization") or {}).get("kept_16bit") or []
     return {"score": score(name, ref, outs), "contexts": s["partitions"],
             "cpu_nodes": s["cpu_nodes"], "ctx_model": _keep(Path(model_path), feed, keep),
-            "compile_s": secs, "kept_16bit": len(kept)}
+            "compile_s": secs, "compile_warm_s": warm, "kept_16bit": len(kept)}
 
 
 def _input_names(model_path: str | Path) -> list[str]:
@@ -177,25 +189,25 @@ def _feeds(names: list[str], batches: list[tuple[Any, ...]]) -> list[dict[str, n
     return [dict(zip(names, [t.numpy() for t in b])) for b in batches]
 
 
-def _exported(name: str, work: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]],
+def _exported(name: str, work: Path) -> tuple[Any, list[tuple[Any, ...]], list[tuple[Any, ...]],
                                               list[list[np.ndarray]], list[str], float]:
-    """The baselines' common start: calibration and held-out inputs, FP32 outputs on the
-    held-out ones, and the TorchScript export to ``work/model.onnx`` (its input names and
-    seconds)."""
+    """The baselines' common start: the module, calibration and held-out inputs, FP32 outputs
+    on the held-out ones, and the TorchScript export to ``work/model.onnx`` (its input names
+    and seconds)."""
     from benchmarks.ort_baseline import export_torchscript
 
     module, calib, held = _model(name)
     ref = _fp32(module, held)
     t0 = time.perf_counter()
     names = export_torchscript(module, calib[0], work / "model.onnx")
-    return calib, held, ref, names, time.perf_counter() - t0
+    return module, calib, held, ref, names, time.perf_counter() - t0
 
 
 def _job_ort(name: str, scheme: str, arch: str, work: Path, keep: Path,
              strong: bool) -> dict[str, Any]:
-    from benchmarks.ort_baseline import run_ort_recipe
+    from benchmarks.ort_baseline import export_torchscript, rebuild, run_ort_recipe
 
-    calib, held, ref, names, export_s = _exported(name, work)
+    module, calib, held, ref, names, export_s = _exported(name, work)
 
     def feeds(batches: list[tuple[Any, ...]]) -> list[dict[str, np.ndarray]]:
         return _feeds(names, batches)
@@ -217,6 +229,11 @@ def _job_ort(name: str, scheme: str, arch: str, work: Path, keep: Path,
     out.update(score=score(name, ref, best.outputs), contexts=best.contexts,
                cpu_nodes=best.cpu_nodes, ctx_model=_keep(ctx_model, feeds(held)[0], keep),
                compile_s=export_s + best.compile_s)
+    if best.params is not None:  # the best variant again, export included, in this process
+        t0 = time.perf_counter()
+        export_torchscript(module, calib[0], work / "warm.onnx")
+        out["compile_warm_s"] = (time.perf_counter() - t0 + rebuild(
+            work / "warm.onnx", work, feeds(calib), best.params, scheme=scheme, arch=arch))
     return out
 
 
@@ -240,7 +257,7 @@ def _job_aimet(name: str, scheme: str, arch: str, work: Path, keep: Path,
 
     from benchmarks.aimet_baseline import save_feeds
 
-    calib, held, ref, names, export_s = _exported(name, work)
+    _, calib, held, ref, names, export_s = _exported(name, work)
 
     def feeds(batches: list[tuple[Any, ...]]) -> list[dict[str, np.ndarray]]:
         return _feeds(names, batches)
@@ -314,11 +331,22 @@ def _cpu_session(path: Path) -> Any:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+def _preload() -> None:
+    """Import the libraries every build uses before any build's clock starts (``import onnx``
+    alone takes ~0.6 s here, most of it ml_dtypes' extension), so each build's compile time
+    counts its own code and what it alone imports: torch.export's torch._dynamo for edgec,
+    onnxruntime.quantization for ORT's recipe."""
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import torch  # noqa: F401
+
+
 def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one build (in this process) and return its measurements."""
     import warnings
 
     warnings.simplefilter("ignore")
+    _preload()
     with tempfile.TemporaryDirectory(prefix="edgec-bench-") as tmp:
         work = Path(tmp)
         keep = Path(spec.get("keep") or work / "keep")
@@ -397,11 +425,12 @@ def _note(r: dict[str, Any]) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     """The markdown table of ``results``, one row per (model, scheme, build). ``compile s`` is
-    the build as reported (for ort-strong: export + its best variant); ``all variants`` adds
-    every variant a user builds to find that best one."""
+    the build as reported, the first in its process (for ort-strong: export + its best
+    variant); ``warm`` the same build again in that process; ``all variants`` adds every
+    variant a user builds to find the best one."""
     lines = ["| model | scheme | build | SQNR dB / cos | contexts | CPU nodes | cycles (M) | "
-             "compile s | compile s, all variants | peak MB | note |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "compile s | compile s, warm | compile s, all variants | peak MB | note |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in results:
         metric = r.get("score")
         digits = 4 if r["model"] == "minilm" else 1
@@ -409,7 +438,7 @@ def table(results: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['model']} | {r['scheme']} | {r['build']} | {_fmt(metric, digits)} | "
                      f"{_fmt(r.get('contexts'))} | {_fmt(r.get('cpu_nodes'))} | "
                      f"{_fmt(None if cyc is None else cyc / 1e6, 2)} | "
-                     f"{_fmt(r.get('compile_s'))} | "
+                     f"{_fmt(r.get('compile_s'))} | {_fmt(r.get('compile_warm_s'))} | "
                      f"{_fmt(r.get('compile_all_s', r.get('compile_s')))} | "
                      f"{_fmt(r.get('peak_rss_mb'), 0)} | {_note(r)} |")
     return "\n".join(lines) + "\n"
@@ -427,14 +456,16 @@ def targets_table(results: list[dict[str, Any]]) -> str:
     - cycles / plain: edgec's simulator cycles over ``edgec-plain``'s (w8a8 only; cycles vary
       between runs under load, so only ratios within one run mean anything);
     - compile / ort-strong: edgec's compile time over the strong ORT recipe's, counting its
-      best variant only (the target, "at most 1.5x", is judged on this, the stricter figure)
-      and counting every variant tried."""
+      best variant only (the target, "at most 1.5x", is judged on this, the stricter figure),
+      the same for each build run again in its process (warm: torch.export's one-time import
+      of torch._dynamo, 1.3-1.5 s, is paid), and counting every variant tried."""
     by: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for r in results:
         by.setdefault((r["model"], r["scheme"]), {})[r["build"]] = r
     lines = ["| model | scheme | edgec | best baseline | margin | cycles / plain w8a8 | "
-             "compile / ort-strong (best variant) | compile / ort-strong (all variants) |",
-             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+             "compile / ort-strong (best variant) | warm | compile / ort-strong "
+             "(all variants) |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for (model, scheme), rows in by.items():
         e = rows.get("edgec", {})
         digits = 4 if model == "minilm" else 1
@@ -452,6 +483,7 @@ def targets_table(results: list[dict[str, Any]]) -> str:
             f"{'-' if best is None else f'{best[1]} {best[0]:.{digits}f}'} | {margin} | "
             f"{_ratio(e.get('cycles'), plain.get('cycles'))} | "
             f"{_ratio(e.get('compile_s'), strong.get('compile_s'))} | "
+            f"{_ratio(e.get('compile_warm_s'), strong.get('compile_warm_s'))} | "
             f"{_ratio(e.get('compile_s'), strong.get('compile_all_s'))} |")
     return "\n".join(lines) + "\n"
 

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 __all__ = ["BaselineResult", "compile_qdq", "cpu_compute_nodes", "export_torchscript",
-           "run_compiled", "run_ort_recipe"]
+           "rebuild", "run_compiled", "run_ort_recipe"]
 
 
 @dataclass
@@ -41,6 +41,7 @@ class BaselineResult:
     contexts: int = 0
     cpu_nodes: int = 0
     compile_s: float = 0.0
+    params: dict[str, Any] | None = None  # the variant's recipe (``rebuild`` takes it)
 
 
 def export_torchscript(module: Any, example: tuple[Any, ...], path: Path) -> list[str]:
@@ -141,6 +142,14 @@ def _build(src: Path, work: Path, tag: str, calib: Sequence[dict[str, np.ndarray
     return qdq, ctx, time.perf_counter() - t0
 
 
+def rebuild(onnx_path: Path, work: Path, calib: Sequence[dict[str, np.ndarray]],
+            params: dict[str, Any], *, scheme: str, arch: str = "75") -> float:
+    """Build one variant again (``params`` from :func:`run_ort_recipe`'s result) and return
+    its quantize + compile seconds: the recipe's cost in a process that has run it before."""
+    return _build(onnx_path, work, "rebuild", calib, a16=scheme == "w8a16", arch=arch,
+                  **params)[2]
+
+
 def compile_qdq(qdq: Path, work: Path, tag: str, arch: str) -> Path:
     """Compile a QDQ ONNX model into a QNN HTP context model the way a user of the EP gets it
     (CPU fallback allowed); returns the EPContext model's path (``<work>/<tag>.ctx/*.onnx``).
@@ -195,6 +204,7 @@ def run_ort_recipe(onnx_path: Path, work: Path, calib: Sequence[dict[str, np.nda
             _, ctx_path, secs = _build(onnx_path, work, tag, calib, a16=a16, arch=arch,
                                        **v)  # type: ignore[arg-type]
             res = run_compiled(label, ctx_path, heldout, secs)
+            res.params = dict(v)
         except Exception as e:  # a baseline that fails to build is a result, not a crash
             # a failed variant still cost the user its time: count it
             res = BaselineResult(label, False, error=f"{type(e).__name__}: "
