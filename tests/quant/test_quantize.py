@@ -317,6 +317,51 @@ def test_auto_policy_keeps_a_learned_token_and_what_it_is_joined_to_at_16_bits()
     assert "learned token" in kept[_node(g, "Conv").outputs[0].name]
 
 
+class _Embeddings(torch.nn.Module):
+    """BERT's input: word + position + token-type embeddings summed, then a LayerNorm; or
+    (``lookup=False``) a bias-free Linear plus a learned shift in the lookup's place."""
+
+    def __init__(self, lookup: bool = True) -> None:
+        super().__init__()
+        self.lookup = lookup
+        self.word = torch.nn.Embedding(50, 32)
+        self.proj = torch.nn.Linear(8, 32, bias=False)
+        self.pos = torch.nn.Parameter(torch.randn(1, 6, 32))
+        self.typ = torch.nn.Parameter(torch.randn(32) * 0.5)
+        self.norm = torch.nn.LayerNorm(32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.word(x) if self.lookup else self.proj(x)
+        return self.norm(h + self.pos + self.typ)
+
+
+@pytest.mark.parametrize("lookup", [True, False])
+def test_auto_policy_keeps_a_sum_of_embedding_lookups_at_16_bits(lookup: bool) -> None:
+    """The norm's input is kept as the residual stream; with embedding lookups under it, the
+    partial sum (word + position) is kept too, while the lookup itself stays 8-bit (a 16-bit
+    table doubles its bytes). A linear layer's shifted output is not a lookup sum."""
+    torch.manual_seed(0)
+    m = _Embeddings(lookup).eval()
+    example = torch.randint(0, 50, (1, 6)) if lookup else torch.randn(1, 6, 8)
+    g0 = _load(m, example)
+    name = g0.inputs[0].name
+    feeds = [{name: (torch.randint(0, 50, (1, 6)) if lookup else torch.randn(1, 6, 8)).numpy()}
+             for _ in range(6)]
+    _, ctx, g = _w8a8_sqnr(g0, feeds, True)
+    norm = _node(g, "LayerNormalization")
+    first_add = norm.inputs[0].producer
+    assert first_add is not None and first_add.op == "Add"
+    inner = next(i for i in first_add.inputs if not i.is_const).producer
+    assert inner is not None and inner.op == "Add"  # (word + pos) + typ
+    kept = {k["tensor"]: k["reason"] for k in ctx.report["quantization"]["kept_16bit"]}
+    part = inner.outputs[0]
+    if lookup:
+        assert "embedding lookups" in kept[part.name] and part.encoding.bits == 16
+        assert _node(g, "Gather").outputs[0].encoding.bits == 8
+    else:
+        assert part.name not in kept and part.encoding.bits == 8
+
+
 class _PostLNBlock(torch.nn.Module):
     """``LayerNorm(x + fc2(gelu(fc1(x))))``, BERT's FFN half over 128 channels; ``outliers``
     scales one output channel of fc2 by 60 (BERT-class FFN outputs carry a few such channels:
