@@ -146,3 +146,11 @@ def test_quant_ablation_runs_and_measures_every_variant(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "quant_ablation.json").read_text())
     assert rows[0]["variant"] == "default" and len(rows) >= 2
     assert all(x.get("cycles", 0) > 0 and "error" not in x for x in rows), rows
+
+
+def test_quant_ablation_has_a_variant_per_auto_rule() -> None:
+    from benchmarks.quant_ablation import variants
+    from passes.quant.quantize import AUTO_RULES
+
+    v = variants("w8a8")
+    assert all(f"auto_skip={r}" in v[f"-{r}"] for r in AUTO_RULES)

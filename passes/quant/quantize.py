@@ -74,8 +74,12 @@ from passes.quant.calibrate import calibration_of
 from passes.quant.observers import RangeStats, choose_range, mse_range_for_array
 from passes.quant.rules import QuantRules, is_bias, weight_axis
 
-__all__ = ["Quantize", "SCHEMES", "parse_spec", "activation_encoding",
+__all__ = ["AUTO_RULES", "Quantize", "SCHEMES", "parse_spec", "activation_encoding",
            "symmetric_activation_encoding"]
+
+#: the w8a8 automatic policy's rules, as ``quantize{auto_skip=...}`` and the report name them
+AUTO_RULES = ("softmax", "norm-input", "norm-output", "embedding-sum", "branch", "phase",
+              "token", "outlier")
 
 #: scheme -> (weight bits, activation bits); None for the float schemes
 SCHEMES: dict[str, tuple[int, int] | None] = {
@@ -255,6 +259,8 @@ class Quantize(Pass):
                                      "weights add the most output noise (measured one layer "
                                      "at a time on the calibration data) until the weights' "
                                      "estimated SQNR reaches this many dB; 0 = off")
+    auto_skip: str = option("", "auto: rules left out, joined by '+' (" + "+".join(AUTO_RULES)
+                            + "); each kept tensor's rule is in the report")
     outlier_ratio: float = option(12.0, "auto: an activation whose 99.99th-percentile range "
                                   "is this many times smaller than its full range is "
                                   "outlier-dominated")
@@ -344,35 +350,47 @@ class Quantize(Pass):
                 "estimated_db_after": round(db(max(total, 0.0)), 2), "layers": widened,
                 "extra_weight_bytes": extra, "measured_layers": len(layers)}
 
+    def _auto_skip(self) -> frozenset[str]:
+        skip = frozenset(r for r in self.auto_skip.split("+") if r)
+        bad = sorted(skip - set(AUTO_RULES))
+        if bad:
+            raise QuantizationError(f"quantize: auto_skip names no rule {bad}; the rules are "
+                                    f"{', '.join(AUTO_RULES)}")
+        return skip
+
     def _auto_policy(self, graph: Graph, specs: dict[int, _Spec], stats: dict[str, RangeStats],
                      kept: list[dict[str, Any]]) -> dict[str, int]:
         """Values to keep at 16 bits under w8a8, with reasons."""
         wide: dict[str, int] = {}
+        skip = self._auto_skip()
 
-        def keep(v: Value | None, reason: str) -> None:
-            if v is not None and v.dtype.is_float and not v.is_const and v.name not in wide:
+        def keep(v: Value | None, rule: str, reason: str) -> None:
+            if (rule not in skip and v is not None and v.dtype.is_float and not v.is_const
+                    and v.name not in wide):
                 wide[v.name] = 16
-                kept.append({"tensor": v.name, "bits": 16, "reason": reason})
+                kept.append({"tensor": v.name, "bits": 16, "rule": rule, "reason": reason})
 
         for n in graph.nodes:
             if n.op in _PERIODIC:
                 for v in _phase_chain(n.inputs[0]):
-                    keep(v, f"phase of {n.op} {n.label()} (an argument spanning many periods "
-                            "loses its phase at 8 bits: a sinusoidal timestep embedding)")
+                    keep(v, "phase", f"phase of {n.op} {n.label()} (an argument spanning "
+                         "many periods loses its phase at 8 bits: a sinusoidal timestep "
+                         "embedding)")
             if (n.op == "Concat" and any(i is not None and i.is_const for i in n.inputs)
                     and any(i is not None and not i.is_const for i in n.inputs)):
                 for v in _token_concat(n):
-                    keep(v, f"joined with a learned token by Concat {n.label()} (a CLS token "
-                            "is tiny beside the embeddings it is joined to: on their 8-bit "
-                            "grid it rounds to a few steps, and it becomes the output)")
+                    keep(v, "token", f"joined with a learned token by Concat {n.label()} "
+                         "(a CLS token is tiny beside the embeddings it is joined to: on their "
+                         "8-bit grid it rounds to a few steps, and it becomes the output)")
             if n.op == "Softmax":
                 # attention probabilities are mostly small: 8 bits over [0, 1] rounds many of
                 # them to 0 (the HTP takes 16-bit probabilities into an 8-bit-weight MatMul;
                 # 16-bit softmax INPUTS inside an 8-bit block fail to finalize)
-                keep(n.outputs[0], f"output of Softmax {n.label()} (attention probabilities)")
+                keep(n.outputs[0], "softmax",
+                     f"output of Softmax {n.label()} (attention probabilities)")
             if n.op in ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"):
-                keep(n.inputs[0], f"input of {n.op} {n.label()} (residual stream)")
-                keep(n.outputs[0], f"output of {n.op} {n.label()}")
+                keep(n.inputs[0], "norm-input", f"input of {n.op} {n.label()} (residual stream)")
+                keep(n.outputs[0], "norm-output", f"output of {n.op} {n.label()}")
                 x = n.inputs[0]
                 if x is not None and x.producer is not None and x.producer.op == "Add":
                     # the residual stream starts as a sum of embedding lookups: 8 bits on a
@@ -380,8 +398,8 @@ class Quantize(Pass):
                     # word + position sum: 23 dB; its norm's output 20 dB)
                     for i in x.producer.inputs:
                         for v in _lookup_sum(i) or []:
-                            keep(v, f"a partial sum of embedding lookups read by {n.op} "
-                                    f"{n.label()} (residual stream)")
+                            keep(v, "embedding-sum", "a partial sum of embedding lookups "
+                                 f"read by {n.op} {n.label()} (residual stream)")
             norm_in: Value | None = None
             label = f"{n.op} {n.label()}"
             if n.op in ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"):
@@ -391,15 +409,16 @@ class Quantize(Pass):
 
                 label = str(n.meta.get("unit", "RMSNorm"))
                 norm_in = rms_input(n)
-                keep(norm_in, f"input of {label} (residual stream)")
-                keep(n.outputs[0], f"output of {label} {n.label()}")
+                keep(norm_in, "norm-input", f"input of {label} (residual stream)")
+                keep(n.outputs[0], "norm-output", f"output of {label} {n.label()}")
             written = _written_out_norm(n)
             if written is not None:  # lower-layer-norm/lower-group-norm: the norm's tensors
                 norm_in, inner = written
                 label = f"normalization written out as reductions at {n.label()}"
-                keep(norm_in, f"input of {label} (residual stream)")
+                keep(norm_in, "norm-input", f"input of {label} (residual stream)")
                 for v in inner:
-                    keep(v, f"inside {label} (a normalization's statistics and output)")
+                    keep(v, "norm-output",
+                         f"inside {label} (a normalization's statistics and output)")
             branches = _residual_branches(norm_in)
             ratio = max((_p99_ratio(stats.get(lin.outputs[0].name)) for _, lin in branches),
                         default=0.0)
@@ -412,8 +431,8 @@ class Quantize(Pass):
                        "outputs, Bondarenko et al. 2023)" if ratio >= self.branch_outlier_ratio
                        else "a convolution's output, cheaper at 16 bits than converted")
                 for v, lin in branches:
-                    keep(v, f"output of {lin.label()}, a residual branch summed into {label}, "
-                            f"{why}")
+                    keep(v, "branch", f"output of {lin.label()}, a residual branch summed "
+                         f"into {label}, {why}")
         for name, st in stats.items():
             if name in wide:
                 continue
@@ -423,8 +442,8 @@ class Quantize(Pass):
             pct = 100.0 * (1.0 - max(1e-4, 64.0 / max(st.count, 1)))
             lo, hi = choose_range(st, "percentile", percentile=pct)
             core = max(abs(lo), abs(hi))
-            if core > 0 and full / core >= self.outlier_ratio:
-                kept.append({"tensor": name, "bits": 16,
+            if "outlier" not in skip and core > 0 and full / core >= self.outlier_ratio:
+                kept.append({"tensor": name, "bits": 16, "rule": "outlier",
                              "reason": f"outlier-dominated range ({full / core:.0f}x its "
                                        "99.99th percentile)"})
                 wide[name] = 16

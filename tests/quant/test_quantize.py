@@ -362,6 +362,31 @@ def test_auto_policy_keeps_a_sum_of_embedding_lookups_at_16_bits(lookup: bool) -
         assert part.name not in kept and part.encoding.bits == 8
 
 
+def test_auto_skip_leaves_out_named_rules_and_refuses_unknown_ones() -> None:
+    """``quantize{auto_skip=...}`` drops whole rules of the policy (a user trading accuracy
+    for cycles); every kept tensor names its rule; an unknown rule is an error naming the
+    rules."""
+    torch.manual_seed(0)
+    g0 = _load(_Embeddings().eval(), torch.randint(0, 50, (1, 6)))
+    name = g0.inputs[0].name
+    feeds = [{name: torch.randint(0, 50, (1, 6)).numpy()} for _ in range(4)]
+
+    def kept(skip: str) -> dict[str, str]:
+        g = g0.copy()
+        ctx = PassContext(calibration=feeds, options={"quant_rules": HTP_QUANT_RULES})
+        PassManager(f"canonicalize,fuse,calibrate,quantize{{scheme=w8a8,auto_skip={skip}}}"
+                    ).run(g, ctx)
+        return {k["tensor"]: k["rule"] for k in ctx.report["quantization"]["kept_16bit"]}
+
+    full = kept("")
+    assert {"norm-input", "norm-output", "embedding-sum"} <= set(full.values())
+    less = kept("embedding-sum+norm-output")
+    assert set(less.values()) == {"norm-input"}
+    assert set(less) < set(full)
+    with pytest.raises(PassError, match="auto_skip names no rule.*softmax"):
+        kept("norm")
+
+
 class _PostLNBlock(torch.nn.Module):
     """``LayerNorm(x + fc2(gelu(fc1(x))))``, BERT's FFN half over 128 channels; ``outliers``
     scales one output channel of fc2 by 60 (BERT-class FFN outputs carry a few such channels:
