@@ -102,12 +102,13 @@ def score(name: str, ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -
 # -- one build, in a child ---------------------------------------------------------------------
 def plain_pipeline(arch: str, scheme: str) -> str:
     """The target's default pipeline at ``scheme`` with the automatic 16-bit policy off, and
-    without the LayerNorm lowering that only pays with that policy's 16-bit norms (plain w8a8
-    is the common all-8-bit build with the LayerNorm op)."""
+    without the LayerNorm lowering and the split smoothing that only pay with that policy's
+    16-bit norms (plain w8a8 is the common all-8-bit build with the LayerNorm op)."""
     from targets.hexagon_htp.target import HtpTarget
 
     pipe = HtpTarget(arch).default_pipeline(scheme).replace(
-        ",lower-layer-norm{min_outer_dims=2}", "")
+        ",lower-layer-norm{min_outer_dims=2}", "").replace(
+        "smooth-quant{split=true,min_ratio=4},", "")
     if "quantize{" not in pipe:
         raise ValueError(f"the default pipeline has no quantize{{...}} pass: {pipe}")
     return pipe.replace("quantize{", "quantize{auto=false,", 1)

@@ -11,8 +11,10 @@ Variants (each a rewrite of ``targets/hexagon_htp/target.py``'s default pipeline
 - ``margin=0``, ``margin=0.1`` (w8a16): ``quantize{range_margin=...}`` instead of 0.25;
 - ``ln-op`` (w8a8): batched LayerNorms kept as the ``LayerNormalization`` op;
 - ``percentile`` (w8a8): ``calibrate{method=percentile}`` instead of ``mse``;
-- ``plain`` (w8a8): the automatic 16-bit policy off and the LayerNorm op kept, the plain
-  all-8-bit build the w8a8 cycle target is judged against;
+- ``no-split-smooth`` (w8a8): linear layers read a norm's 16-bit output itself, not an
+  8-bit SmoothQuant-scaled copy (``smooth-quant{split=true,min_ratio=4}`` left out);
+- ``plain`` (w8a8): the automatic 16-bit policy off, the LayerNorm op kept and no split
+  smoothing, the plain all-8-bit build the w8a8 cycle target is judged against;
 - ``-<rule>`` (w8a8): the automatic policy without one of its rules
   (``quantize{auto_skip=<rule>}``), for each rule that kept a tensor in ``default``: what
   that rule buys and costs;
@@ -47,6 +49,7 @@ if str(ROOT) not in sys.path:
 MODELS = ["resnet", "mobilenet", "vit", "whisper", "llama", "unet", "minilm"]
 SCHEMES = ["w8a16", "w8a8"]
 _LN = ",lower-layer-norm{min_outer_dims=2}"
+_SPLIT = "smooth-quant{split=true,min_ratio=4},"
 #: (model, scheme) -> variant -> quantization overrides added to the default pipeline
 OVERRIDES: dict[tuple[str, str], dict[str, dict[str, str]]] = {
     ("whisper", "w8a8"): {"+ffn a16 (override)": {"blocks.*.mlp.*": "a16"}},
@@ -65,7 +68,9 @@ def variants(scheme: str) -> dict[str, str]:
 
         out = {"default": base, "ln-op": base.replace(_LN, ""),
                "percentile": base.replace("method=mse", "method=percentile"),
-               "plain": base.replace(_LN, "").replace("quantize{", "quantize{auto=false,")}
+               "no-split-smooth": base.replace(_SPLIT, ""),
+               "plain": base.replace(_LN, "").replace(_SPLIT, "").replace(
+                   "quantize{", "quantize{auto=false,")}
         out.update({f"-{r}": base.replace(quant, f"quantize{{scheme={scheme},auto_skip={r}}}")
                     for r in AUTO_RULES})
     else:

@@ -52,8 +52,10 @@ def test_plain_pipeline_turns_only_the_auto_policy_off() -> None:
     quant = [p for p in PassManager(plain).passes if p.name == "quantize"]
     assert len(quant) == 1 and quant[0].auto is False and quant[0].scheme == "w8a8"
     assert plain.replace("auto=false,", "") == default.replace(
-        ",lower-layer-norm{min_outer_dims=2}", "")
+        ",lower-layer-norm{min_outer_dims=2}", "").replace(
+        "smooth-quant{split=true,min_ratio=4},", "")
     assert "lower-layer-norm{min_outer_dims=2}" in default  # the w8a8 default lowers batched LNs
+    assert "smooth-quant{split=true,min_ratio=4}" in default  # and smooths a copy for linears
 
 
 def test_targets_table_judges_compile_time_on_the_best_variant() -> None:

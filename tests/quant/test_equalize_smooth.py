@@ -133,3 +133,95 @@ def test_smooth_quant_needs_calibration_and_a_sane_alpha() -> None:
         PassManager("smooth-quant").run(g, PassContext())
     with pytest.raises(Exception, match="alpha"):
         PassManager("smooth-quant{alpha=1.5}").run(g, PassContext())
+
+
+class _PostNorm(nn.Module):
+    """BERT's post-norm FFN half: ``norm2(h + fc2(gelu(fc1(h))))`` with ``h = norm1(x)``; the
+    residual reads ``h`` too. ``norm1``'s scale plants two large channels (as BERT's norms
+    carry, 20x their median in all-MiniLM-L6-v2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(5)
+        self.norm1 = nn.LayerNorm(32)
+        self.fc1 = nn.Linear(32, 64)
+        self.fc2 = nn.Linear(64, 32)
+        self.norm2 = nn.LayerNorm(32)
+        with torch.no_grad():
+            self.norm1.weight.copy_(torch.ones(32))
+            self.norm1.weight[[3, 17]] = 25.0
+            self.fc1.weight.copy_(torch.randn(64, 32, generator=gen) * 0.2)
+            self.fc1.weight[:, [3, 17]] *= 0.02
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        return self.norm2(h + self.fc2(nn.functional.gelu(self.fc1(h))))
+
+
+def _post_norm() -> tuple[nn.Module, Graph, list[tuple[torch.Tensor, ...]]]:
+    model = _PostNorm().eval()
+    gen = torch.Generator().manual_seed(6)
+    batches = [(torch.randn(1, 16, 32, generator=gen),) for _ in range(8)]
+    g = load_torch(model, batches[0])
+    PassManager("canonicalize,fuse").run(g)
+    return model, g, batches
+
+
+def test_smooth_quant_split_keeps_the_norm_output_and_is_exact_in_float() -> None:
+    """The fold cannot apply (the residual reads the norm's output); the split gives fc1 a
+    scaled copy and leaves the output the residual reads alone."""
+    _, g, batches = _post_norm()
+    norm1 = next(n for n in g.nodes if n.op == "LayerNormalization")
+    assert norm1 not in {s.norm for s in smoothing_sites(g)}
+    before = g.copy()
+    ctx = _ctx(g, batches[:4])
+    PassManager("smooth-quant{split=true}").run(g, ctx)
+    sites = ctx.report["smoothing"]["sites"]
+    assert [s["split"] for s in sites] == [True] and sites[0]["outlier_ratio_before"] > 10
+    out = norm1.outputs[0]
+    readers = {u.op for u in out.consumers()}
+    assert readers == {"Add", "Mul"}, readers  # the residual, and the scaled copy
+    mul = next(u for u in out.consumers() if u.op == "Mul")
+    assert {u.op for u in mul.outputs[0].consumers()} <= {"Gemm", "MatMul", "Reshape"}
+    _same(before, g, batches)
+
+
+def test_smooth_quant_split_lets_linear_layers_read_8_bits_near_16() -> None:
+    """Under w8a8 the auto policy keeps the norm's output at 16 bits; with the split, fc1
+    reads an 8-bit copy, the Mul's constant survives quantization exactly, and the result is
+    far better than fc1 reading the unsmoothed output at 8 bits."""
+    model, g0, batches = _post_norm()
+
+    def build(pre: str, quant: str) -> tuple[float, Graph]:
+        g = g0.copy()
+        ctx = _ctx(g, batches[:4])
+        PassManager(f"{pre}calibrate,{quant}").run(g, ctx)
+        vals = []
+        for (x,) in batches[4:]:
+            with torch.no_grad():
+                want = model(x).numpy()
+            vals.append(sqnr_db(want, next(iter(run_reference(g, [x.numpy()]).values()))))
+        return min(vals), g
+
+    eight, _ = build("", "quantize{scheme=w8a8,auto_skip=norm-output}")
+    sixteen, _ = build("", "quantize{scheme=w8a8}")
+    split, g = build("smooth-quant{split=true},", "quantize{scheme=w8a8}")
+    mul = next(n for n in g.nodes if n.op == "Mul" and n.inputs[1] is not None
+               and n.inputs[1].is_const)
+    assert mul.outputs[0].encoding.bits == 8 and mul.inputs[0].encoding.bits == 16
+    inv = mul.inputs[1]
+    enc = inv.encoding
+    q = np.round(inv.const / enc.scale) + enc.zero_point
+    np.testing.assert_allclose((q - enc.zero_point) * enc.scale, inv.const, rtol=1e-6)
+    assert split > eight + 6, (eight, split, sixteen)
+    assert split > sixteen - 3, (eight, split, sixteen)
+
+
+def test_smooth_quant_min_ratio_leaves_flat_norms_alone() -> None:
+    _, g, batches = _post_norm()
+    before = len(g.nodes)
+    ctx = _ctx(g, batches[:4])
+    res = PassManager("smooth-quant{split=true,min_ratio=1000}").run(g, ctx)
+    assert len(g.nodes) == before and not ctx.report["smoothing"]["sites"]
+    assert "min_ratio" in ctx.report["smoothing"]["skipped"][0]["reason"]
+    del res
