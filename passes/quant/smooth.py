@@ -75,8 +75,12 @@ def _through_moves(u: Node, i: int, k: int, out: list[tuple[Node, int]]) -> bool
     channel axis last); collects them."""
     if u.op in _MOVES and i == 0:
         shape = u.outputs[0].shape
-        return shape is not None and len(shape) > 0 and shape[-1] == k and _linear_users(
-            u.outputs[0], k, out)
+        found: list[tuple[Node, int]] = []  # kept only if every path ends in a linear layer
+        if shape is not None and len(shape) > 0 and shape[-1] == k and _linear_users(
+                u.outputs[0], k, found):
+            out.extend(found)
+            return True
+        return False
     axis = _linear_axis(u, i, k)
     if axis is None:
         return False

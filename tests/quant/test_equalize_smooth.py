@@ -225,3 +225,33 @@ def test_smooth_quant_min_ratio_leaves_flat_norms_alone() -> None:
     assert len(g.nodes) == before and not ctx.report["smoothing"]["sites"]
     assert "min_ratio" in ctx.report["smoothing"]["skipped"][0]["reason"]
     del res
+
+
+class _SharedReshape(nn.Module):
+    """A norm's output read by a linear layer directly, and through a Reshape that feeds a
+    linear layer and a ReLU: only the direct reader may take the scaled copy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(32)
+        self.fc = nn.Linear(32, 16)
+        self.fc2 = nn.Linear(32, 16)
+        with torch.no_grad():
+            self.norm.weight[[3, 17]] = 25.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        r = h.reshape(16, 32)
+        return self.fc(r) + torch.relu(r)[:, :16] + self.fc2(h).reshape(16, 16)
+
+
+def test_smooth_quant_split_rewires_only_paths_that_end_in_linear_layers() -> None:
+    gen = torch.Generator().manual_seed(7)
+    batches = [(torch.randn(1, 16, 32, generator=gen),) for _ in range(4)]
+    g = load_torch(_SharedReshape().eval(), batches[0])
+    PassManager("canonicalize,fuse").run(g)
+    before = g.copy()
+    ctx = _ctx(g, batches)
+    PassManager("smooth-quant{split=true}").run(g, ctx)
+    assert [s["linears"] for s in ctx.report["smoothing"]["sites"]] == [1]
+    _same(before, g, batches)
