@@ -52,7 +52,10 @@ _LN = ",lower-layer-norm{min_outer_dims=2}"
 _SPLIT = "smooth-quant{split=true,min_ratio=4},"
 #: (model, scheme) -> variant -> quantization overrides added to the default pipeline
 OVERRIDES: dict[tuple[str, str], dict[str, dict[str, str]]] = {
-    ("whisper", "w8a8"): {"+ffn a16 (override)": {"blocks.*.mlp.*": "a16"}},
+    ("whisper", "w8a8"): {"+ffn a16 (override)": {"blocks.*.mlp.*": "a16"},
+                          "+ffn+attn+conv a16 (override)": {
+                              "blocks.*.mlp.*": "a16", "blocks.*.attn.*": "a16",
+                              "conv*": "a16"}},
 }
 
 
