@@ -291,7 +291,8 @@ def _compile(model: Any, example_inputs: Any, tgt: Any, target_names: list[str],
              output_dir: str | Path | None, allow_cpu: bool, progress: bool | None,
              optimization_level: int, soc_model: str | int | None, vtcm_mb: int | None,
              placement: Mapping[str, str] | None, compress: str | None) -> CompiledModel:
-    from compiler.passes import PassContext, PassManager, TimingInstrument
+    from compiler.passes import PassManager, TimingInstrument
+    from targets import target_context
 
     show = sys.stderr.isatty() if progress is None else progress
     times: dict[str, float] = {}
@@ -311,9 +312,7 @@ def _compile(model: Any, example_inputs: Any, tgt: Any, target_names: list[str],
             warnings.warn("compile(): calibrating on the example input alone; pass "
                           "calibration_data=[...] with representative inputs", stacklevel=3)
     feeds = _feeds(graph, list(calibration_data))
-    ctx = PassContext(target=tgt.name, calibration=feeds, progress=show,
-                      options={"quant_rules": tgt.quant_rules,
-                               "quant_overrides": dict(overrides or {})})
+    ctx = target_context(tgt, overrides=overrides, calibration=feeds, progress=show)
     pipe = pipeline or tgt.default_pipeline(precision)
     if compress:
         from passes.lowrank import with_compression

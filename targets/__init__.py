@@ -8,11 +8,12 @@ a target object; anything else is refused with a ``TargetError`` that lists the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from compiler.errors import TargetError
 
-__all__ = ["get_target", "target_names"]
+__all__ = ["get_target", "target_context", "target_names"]
 
 
 def target_names() -> list[str]:
@@ -40,3 +41,18 @@ def get_target(name: str) -> Any:
     if key.startswith("htp-v") and key[5:] in DEVICES:
         return HtpTarget(key[5:])
     raise TargetError(f"unknown target {name!r}; valid targets: {', '.join(target_names())}")
+
+
+def target_context(target: Any, *, overrides: Mapping[str, str] | None = None,
+                   **kw: Any) -> Any:
+    """A :class:`~compiler.passes.PassContext` for running a pipeline for ``target`` (a name or
+    a target object): its name, its quantization rules and the quantization ``overrides``;
+    ``kw`` sets the other fields (``calibration``, ``progress``, ``bisect_limit``...). Every
+    entry point (``compile()``, ``edgec opt``, ``edgec drift``) builds its context here, so
+    they run a target's passes alike."""
+    from compiler.passes import PassContext
+
+    tgt = get_target(target) if isinstance(target, str) else target
+    return PassContext(target=tgt.name, options={"quant_rules": tgt.quant_rules,
+                                                 "quant_overrides": dict(overrides or {})},
+                       **kw)

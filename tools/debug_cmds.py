@@ -169,13 +169,14 @@ def run_drift(args: argparse.Namespace) -> int:
     graph, feeds = _setup(args)
     fp32 = graph.copy()
     drift = DriftInstrument(feeds)
-    options: dict[str, Any] = {}
+    kw: dict[str, Any] = {"calibration": feeds, "progress": sys.stderr.isatty(),
+                          "bisect_limit": args.bisect_limit}
     if args.target:
-        from targets import get_target
+        from targets import target_context
 
-        options["quant_rules"] = get_target(args.target).quant_rules
-    ctx = PassContext(calibration=feeds, progress=sys.stderr.isatty(), options=options,
-                      bisect_limit=args.bisect_limit)
+        ctx = target_context(args.target, **kw)
+    else:
+        ctx = PassContext(**kw)
     PassManager(args.pipeline, instruments=[drift]).run(graph, ctx)
     rows = node_drift(fp32, graph, feeds, limit=args.nodes)
     jump = first_jump(rows, drop_db=args.jump_db)
@@ -234,7 +235,8 @@ def _stage_graphs(args: argparse.Namespace, tgt: Any) -> tuple[Any, Any, list[di
     """(FP32 graph, quantized graph, feeds, pipeline run or None). A MODEL that already carries
     encodings (a saved repro, ``edgec opt -o`` after quantize) is taken as is, its FP32 twin
     is the same graph without encodings."""
-    from compiler.passes import PassContext, PassManager
+    from compiler.passes import PassManager
+    from targets import target_context
 
     graph, feeds = _setup(args)
     if any(v.encoding is not None for v in graph.values()):
@@ -244,9 +246,8 @@ def _stage_graphs(args: argparse.Namespace, tgt: Any) -> tuple[Any, Any, list[di
         return fp32, graph, feeds, None
     fp32 = graph.copy()
     pipeline = args.pipeline or tgt.default_pipeline(args.precision)
-    ctx = PassContext(target=tgt.name, calibration=feeds, progress=sys.stderr.isatty(),
-                      options={"quant_rules": tgt.quant_rules, "quant_overrides": {}},
-                      bisect_limit=args.bisect_limit)
+    ctx = target_context(tgt, calibration=feeds, progress=sys.stderr.isatty(),
+                         bisect_limit=args.bisect_limit)
     PassManager(pipeline).run(graph, ctx)
     return fp32, graph, feeds, pipeline
 

@@ -91,20 +91,19 @@ def run_opt(args: argparse.Namespace) -> int:
         instruments.append(_Reproducer(args.reproducer))
     instruments += [i for i in (timing, stats) if i is not None]
 
-    options: dict[str, Any] = {}
-    if args.target:
-        from targets import get_target
-
-        tgt = get_target(args.target)
-        options["quant_rules"] = tgt.quant_rules
     feeds = None
     if args.calib:
         from tools.loading import load_inputs
 
         feeds = load_inputs(args.calib, graph)
-    ctx = PassContext(bisect_limit=args.bisect_limit, progress=sys.stderr.isatty(),
-                      calibration=feeds, options=options,
-                      target=tgt.name if args.target else None)
+    kw: dict[str, Any] = {"bisect_limit": args.bisect_limit, "progress": sys.stderr.isatty(),
+                          "calibration": feeds}
+    if args.target:
+        from targets import target_context
+
+        ctx = target_context(args.target, **kw)
+    else:
+        ctx = PassContext(**kw)
     pm = PassManager(passes, verify_each=args.verify_each, instruments=instruments)
     try:
         pm.run(graph, ctx)
