@@ -96,8 +96,11 @@ class Observer:
             h = np.zeros(_BINS, dtype=np.float64)
             h[0] = flat.size
             return h
-        h, _ = np.histogram(flat, bins=_BINS, range=(lo, hi))
-        return h.astype(np.float64)
+        # np.histogram's uniform-bin path without its per-call overhead (~3x on the small
+        # tensors calibration sees most); a value on an inner edge may land one bin lower
+        idx = ((flat - lo) * (_BINS / (hi - lo))).astype(np.intp)
+        np.clip(idx, 0, _BINS - 1, out=idx)
+        return np.bincount(idx, minlength=_BINS).astype(np.float64)
 
     def stats(self) -> RangeStats:
         """The statistics; raises ``QuantizationError`` if nothing was observed."""
@@ -153,19 +156,31 @@ def _percentile_range(st: RangeStats, pct: float) -> tuple[float, float]:
 
 
 def _mse_range(st: RangeStats, bits: int, symmetric: bool) -> tuple[float, float]:
+    """Of 96 shrinkings of the observed range, the one with the least expected error (the
+    first of equals): :func:`_expected_error` of each, from prefix sums of the histogram's
+    weight, first and second moments (the bins below ``lo`` and above ``hi`` are contiguous),
+    so each candidate costs two binary searches instead of a pass over the bins."""
     centers = _centers(st)
+    w = st.hist
     levels = (1 << bits) - 1
-    best = (math.inf, st.lo, st.hi)
     absmax = max(abs(st.lo), abs(st.hi))
-    for frac in np.linspace(0.05, 1.0, 96):
-        if symmetric:
-            lo, hi = -absmax * frac, absmax * frac
-        else:
-            lo, hi = st.lo * frac, st.hi * frac
-        err = _expected_error(centers, st.hist, lo, hi, levels)
-        if err < best[0]:
-            best = (err, float(lo), float(hi))
-    return best[1], best[2]
+    frac = np.linspace(0.05, 1.0, 96)
+    if symmetric:
+        lo, hi = -absmax * frac, absmax * frac
+    else:
+        lo, hi = st.lo * frac, st.hi * frac
+    s0, s1, s2 = (np.concatenate([[0.0], np.cumsum(w * centers ** k)]) for k in (0, 1, 2))
+    a = np.searchsorted(centers, lo, side="left")  # bins below lo: [0, a)
+    b = np.searchsorted(centers, hi, side="right")  # bins above hi: [b, n)
+    below = s2[a] - 2 * lo * s1[a] + lo * lo * s0[a]
+    above = (s2[-1] - s2[b]) - 2 * hi * (s1[-1] - s1[b]) + hi * hi * (s0[-1] - s0[b])
+    step = (hi - lo) / levels
+    err = np.maximum(below, 0.0) + np.maximum(above, 0.0) + (s0[b] - s0[a]) * step * step / 12
+    err = np.where(step > 0, err, math.inf)
+    if not np.isfinite(err).any():
+        return st.lo, st.hi
+    i = int(np.argmin(err))
+    return float(lo[i]), float(hi[i])
 
 
 def _kl(p: np.ndarray, q: np.ndarray) -> float:

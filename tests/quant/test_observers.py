@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st_
 
 from compiler.errors import NumericsError, QuantizationError
 from passes.quant.observers import Observer, choose_range, mse_range_for_array
@@ -83,3 +85,30 @@ def test_weight_mse_per_channel() -> None:
     m = mse_range_for_array(w, 4, axis=0)
     assert m.shape == (8,)
     assert m[0] < 30.0 and np.all(m[1:] <= np.abs(w[1:]).max(axis=1) + 1e-6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st_.integers(0, 2**32 - 1), st_.sampled_from([8, 16]), st_.booleans(),
+       st_.sampled_from([1.0, 8.0, 30.0]))
+def test_mse_range_is_the_argmin_of_the_expected_error(seed: int, bits: int, symmetric: bool,
+                                                       peak: float) -> None:
+    """The prefix-sum search picks what scanning every candidate with ``_expected_error``
+    picks (the first of equals), on histograms from flat to spiky, with empty bins."""
+    import math
+
+    from passes.quant.observers import RangeStats, _centers, _expected_error, _mse_range
+
+    rng = np.random.default_rng(seed)
+    lo = -abs(float(rng.normal())) * float(rng.choice([0.0, 1.0, 5.0]))
+    hi = abs(float(rng.normal())) * float(rng.choice([0.001, 1.0, 10.0]))
+    hist = (rng.random(2048) ** peak * (rng.random(2048) > rng.random())).astype(np.float64)
+    stats = RangeStats(lo, hi, 100, hist, 0, 0)
+    centers = _centers(stats)
+    absmax = max(abs(lo), abs(hi))
+    best = (math.inf, lo, hi)
+    for frac in np.linspace(0.05, 1.0, 96):
+        a, b = (-absmax * frac, absmax * frac) if symmetric else (lo * frac, hi * frac)
+        err = _expected_error(centers, hist, a, b, (1 << bits) - 1)
+        if err < best[0]:
+            best = (err, float(a), float(b))
+    assert _mse_range(stats, bits, symmetric) == (best[1], best[2])
