@@ -147,6 +147,8 @@ class SmoothQuant(Pass):
 
         if not 0.0 <= self.alpha <= 1.0:
             raise QuantizationError(f"smooth-quant: alpha {self.alpha} is not in [0, 1]")
+        if not self.min_ratio >= 0.0:
+            raise QuantizationError(f"smooth-quant: min_ratio {self.min_ratio} is negative")
         sites = smoothing_sites(graph, self.split)
         if not sites:
             return PassResult(False, {"sites": 0})

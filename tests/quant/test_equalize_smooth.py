@@ -133,6 +133,8 @@ def test_smooth_quant_needs_calibration_and_a_sane_alpha() -> None:
         PassManager("smooth-quant").run(g, PassContext())
     with pytest.raises(Exception, match="alpha"):
         PassManager("smooth-quant{alpha=1.5}").run(g, PassContext())
+    with pytest.raises(Exception, match="min_ratio"):
+        PassManager("smooth-quant{min_ratio=-1}").run(g, PassContext())
 
 
 class _PostNorm(nn.Module):
