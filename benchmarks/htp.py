@@ -100,15 +100,19 @@ def score(name: str, ref: list[list[np.ndarray]], got: list[list[np.ndarray]]) -
 
 
 # -- one build, in a child ---------------------------------------------------------------------
+#: pieces of the w8a8 default pipeline that only pay with the auto policy's 16-bit norms
+LN_LOWERING = ",lower-layer-norm{min_outer_dims=2}"
+SPLIT_SMOOTH = "smooth-quant{split=true,min_ratio=4},"
+
+
 def plain_pipeline(arch: str, scheme: str) -> str:
     """The target's default pipeline at ``scheme`` with the automatic 16-bit policy off, and
     without the LayerNorm lowering and the split smoothing that only pay with that policy's
     16-bit norms (plain w8a8 is the common all-8-bit build with the LayerNorm op)."""
     from targets.hexagon_htp.target import HtpTarget
 
-    pipe = HtpTarget(arch).default_pipeline(scheme).replace(
-        ",lower-layer-norm{min_outer_dims=2}", "").replace(
-        "smooth-quant{split=true,min_ratio=4},", "")
+    pipe = HtpTarget(arch).default_pipeline(scheme).replace(LN_LOWERING, "").replace(
+        SPLIT_SMOOTH, "")
     if "quantize{" not in pipe:
         raise ValueError(f"the default pipeline has no quantize{{...}} pass: {pipe}")
     return pipe.replace("quantize{", "quantize{auto=false,", 1)

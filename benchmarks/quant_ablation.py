@@ -48,8 +48,6 @@ if str(ROOT) not in sys.path:
 
 MODELS = ["resnet", "mobilenet", "vit", "whisper", "llama", "unet", "minilm"]
 SCHEMES = ["w8a16", "w8a8"]
-_LN = ",lower-layer-norm{min_outer_dims=2}"
-_SPLIT = "smooth-quant{split=true,min_ratio=4},"
 #: (model, scheme) -> variant -> quantization overrides added to the default pipeline
 OVERRIDES: dict[tuple[str, str], dict[str, dict[str, str]]] = {
     ("whisper", "w8a8"): {"+ffn a16 (override)": {"blocks.*.mlp.*": "a16"},
@@ -67,19 +65,21 @@ def variants(scheme: str) -> dict[str, str]:
     quant = f"quantize{{scheme={scheme}}}"
     gptq = base.replace(",quantize{", ",seq-mse{rounding=gptq},quantize{")
     if scheme == "w8a8":
+        from benchmarks.htp import LN_LOWERING, SPLIT_SMOOTH, plain_pipeline
         from passes.quant.quantize import AUTO_RULES
 
-        out = {"default": base, "ln-op": base.replace(_LN, ""),
+        out = {"default": base, "ln-op": base.replace(LN_LOWERING, ""),
                "percentile": base.replace("method=mse", "method=percentile"),
-               "no-split-smooth": base.replace(_SPLIT, ""),
-               "plain": base.replace(_LN, "").replace(_SPLIT, "").replace(
-                   "quantize{", "quantize{auto=false,")}
+               "no-split-smooth": base.replace(SPLIT_SMOOTH, ""),
+               "plain": plain_pipeline("75", scheme)}
         out.update({f"-{r}": base.replace(quant, f"quantize{{scheme={scheme},auto_skip={r}}}")
                     for r in AUTO_RULES})
     else:
+        from benchmarks.htp import LN_LOWERING
+
         out = {"default": base, "+seq-mse(gptq)": gptq,
                "+ln-written+seq-mse(gptq)": gptq.replace(
-                   "lower-group-norm,", "lower-group-norm" + _LN + ",", 1),
+                   "lower-group-norm,", "lower-group-norm" + LN_LOWERING + ",", 1),
                "margin=0": base.replace(quant, f"quantize{{scheme={scheme},range_margin=0}}"),
                "margin=0.1": base.replace(quant,
                                           f"quantize{{scheme={scheme},range_margin=0.1}}")}
@@ -97,8 +97,9 @@ def run_model(name: str, scheme: str, arch: str = "75") -> list[dict[str, Any]]:
     rows = []
     kept: list[tuple[dict[str, Any], str]] = []
     rules: set[str] = set()  # the auto policy's rules that kept something in ``default``
-    todo = [(label, pipe, None) for label, pipe in variants(scheme).items()]
-    todo += [(label, variants(scheme)["default"], ov)
+    pipes = variants(scheme)
+    todo = [(label, pipe, None) for label, pipe in pipes.items()]
+    todo += [(label, pipes["default"], ov)
              for label, ov in OVERRIDES.get((name, scheme), {}).items()]
     with tempfile.TemporaryDirectory(prefix="edgec-ablation-keep-") as keep:
         for label, pipe, ov in todo:

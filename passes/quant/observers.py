@@ -133,18 +133,6 @@ def _centers(st: RangeStats) -> np.ndarray:
     return (edges[:-1] + edges[1:]) / 2
 
 
-def _expected_error(centers: np.ndarray, weights: np.ndarray, lo: float, hi: float,
-                    levels: int) -> float:
-    step = (hi - lo) / levels
-    if step <= 0:
-        return math.inf
-    clipped = np.clip(centers, lo, hi)
-    clip_err = (centers - clipped) ** 2
-    inside = (centers >= lo) & (centers <= hi)
-    round_err = np.where(inside, step * step / 12.0, 0.0)
-    return float(np.sum(weights * (clip_err + round_err)))
-
-
 def _percentile_range(st: RangeStats, pct: float) -> tuple[float, float]:
     cdf = np.cumsum(st.hist)
     total = cdf[-1]
@@ -157,9 +145,10 @@ def _percentile_range(st: RangeStats, pct: float) -> tuple[float, float]:
 
 def _mse_range(st: RangeStats, bits: int, symmetric: bool) -> tuple[float, float]:
     """Of 96 shrinkings of the observed range, the one with the least expected error (the
-    first of equals): :func:`_expected_error` of each, from prefix sums of the histogram's
-    weight, first and second moments (the bins below ``lo`` and above ``hi`` are contiguous),
-    so each candidate costs two binary searches instead of a pass over the bins."""
+    first of equals): clipping error ``sum w (c - clip(c))^2`` of the bins outside plus
+    ``step^2 / 12`` per unit of weight inside, from prefix sums of the histogram's weight,
+    first and second moments (the bins below ``lo`` and above ``hi`` are contiguous), so
+    each candidate costs two binary searches instead of a pass over the bins."""
     centers = _centers(st)
     w = st.hist
     levels = (1 << bits) - 1

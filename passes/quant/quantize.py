@@ -786,14 +786,14 @@ def _lookup_sum(v: Value | None) -> list[Value] | None:
     """For a sum of embedding lookups (``Add`` of ``Gather`` outputs and constants, as BERT
     adds its word, position and token-type embeddings): its ``Add`` outputs; None for anything
     else (a bias add after a linear layer, a residual branch)."""
-    p = v.producer if v is not None and not v.is_const else None
-    if p is None:
+    if v is None or v.is_const or v.producer is None:
         return None
+    p = v.producer
     if p.op == "Gather":
         return []
     if p.op != "Add":
         return None
-    out: list[Value] = [v] if v is not None else []
+    out = [v]
     for i in p.inputs:
         if i is None or i.is_const:
             continue

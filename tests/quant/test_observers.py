@@ -92,11 +92,21 @@ def test_weight_mse_per_channel() -> None:
        st_.sampled_from([1.0, 8.0, 30.0]))
 def test_mse_range_is_the_argmin_of_the_expected_error(seed: int, bits: int, symmetric: bool,
                                                        peak: float) -> None:
-    """The prefix-sum search picks what scanning every candidate with ``_expected_error``
-    picks (the first of equals), on histograms from flat to spiky, with empty bins."""
+    """The prefix-sum search picks what scanning every candidate with the per-bin expected
+    error picks (the first of equals), on histograms from flat to spiky, with empty bins."""
     import math
 
-    from passes.quant.observers import RangeStats, _centers, _expected_error, _mse_range
+    from passes.quant.observers import RangeStats, _centers, _mse_range
+
+    def expected_error(c: np.ndarray, w: np.ndarray, lo: float, hi: float,
+                       levels: int) -> float:
+        """The per-bin definition: clipping error outside [lo, hi], rounding inside."""
+        step = (hi - lo) / levels
+        if step <= 0:
+            return math.inf
+        inside = (c >= lo) & (c <= hi)
+        return float(np.sum(w * ((c - np.clip(c, lo, hi)) ** 2
+                                 + np.where(inside, step * step / 12.0, 0.0))))
 
     rng = np.random.default_rng(seed)
     lo = -abs(float(rng.normal())) * float(rng.choice([0.0, 1.0, 5.0]))
@@ -108,7 +118,7 @@ def test_mse_range_is_the_argmin_of_the_expected_error(seed: int, bits: int, sym
     best = (math.inf, lo, hi)
     for frac in np.linspace(0.05, 1.0, 96):
         a, b = (-absmax * frac, absmax * frac) if symmetric else (lo * frac, hi * frac)
-        err = _expected_error(centers, hist, a, b, (1 << bits) - 1)
+        err = expected_error(centers, hist, a, b, (1 << bits) - 1)
         if err < best[0]:
             best = (err, float(a), float(b))
     assert _mse_range(stats, bits, symmetric) == (best[1], best[2])
